@@ -77,6 +77,42 @@ impl<'b> MessageWriter<'b> {
         result
     }
 
+    /// Appends an attribute whose value is already in the buffer, right
+    /// after the attribute header this writes: only the header and the
+    /// padding are written. This lets a relay wrap a datagram it received in
+    /// place, without copying it (a Data indication around a peer's payload).
+    pub fn add_in_place(&mut self, typ: AttrType, value_len: usize) -> Result<(), EncodeError> {
+        if self.stage != Stage::Attributes {
+            return Err(EncodeError::AfterIntegrity);
+        }
+        let wire_len = u16::try_from(value_len).map_err(|_| EncodeError::TooLong)?;
+        let at = self.len;
+        let value_end = at
+            .checked_add(ATTR_HEADER_LEN)
+            .and_then(|e| e.checked_add(value_len))
+            .ok_or(EncodeError::TooLong)?;
+        let end = at + ATTR_HEADER_LEN + padded(value_len);
+        let body_len = u16::try_from(end - HEADER_LEN).map_err(|_| EncodeError::TooLong)?;
+        let slot = self
+            .buf
+            .get_mut(at..end)
+            .ok_or(EncodeError::BufferTooSmall)?;
+        let [t0, t1] = typ.0.to_be_bytes();
+        let [l0, l1] = wire_len.to_be_bytes();
+        if let Some(h) = slot.first_chunk_mut::<4>() {
+            *h = [t0, t1, l0, l1];
+        }
+        if let Some(padding) = self.buf.get_mut(value_end..end) {
+            padding.fill(0);
+        }
+        let [b0, b1] = body_len.to_be_bytes();
+        if let Some(h) = self.buf.get_mut(2..4) {
+            h.copy_from_slice(&[b0, b1]);
+        }
+        self.len = end;
+        Ok(())
+    }
+
     /// Appends MESSAGE-INTEGRITY: HMAC-SHA1 keyed with `key` (RFC 8489 §14.5).
     pub fn message_integrity(&mut self, key: &[u8]) -> Result<(), EncodeError> {
         if self.stage != Stage::Attributes {
@@ -242,6 +278,20 @@ mod tests {
         let msg = Message::parse(&buf[..len]).unwrap();
         assert_eq!(msg.verify_integrity(b"k"), Ok(Integrity::Sha1));
         assert!(!msg.has_fingerprint());
+    }
+
+    #[test]
+    fn add_in_place_wraps_bytes_already_there() {
+        let mut buf = [0xEEu8; 64];
+        buf[24..29].copy_from_slice(b"hello");
+        let typ = MessageType::new(Method::DATA, Class::Indication);
+        let mut w = MessageWriter::new(&mut buf, typ, TransactionId([3; 12])).unwrap();
+        w.add_in_place(AttrType::DATA, 5).unwrap();
+        let len = w.finish();
+        assert_eq!(len, 32);
+        assert_eq!(&buf[29..32], &[0, 0, 0], "padding zeroed");
+        let msg = Message::parse(&buf[..len]).unwrap();
+        assert_eq!(msg.get(AttrType::DATA), Some(Ok(Attr::Data(b"hello"))));
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! A per-source limit on answers to unauthenticated requests (SECURITY.md
+//! §D): a spoofed-source flood of Binding requests or Allocates must not
+//! turn the server into a reflector.
+//!
+//! Token buckets live in a fixed table indexed by a keyed hash of the
+//! source: memory does not grow with the number of sources, and sources
+//! that share a slot share a bucket, which errs on the side of answering
+//! less.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::time::Instant;
+
+const SLOTS: usize = 4096;
+const MILLI: u64 = 1000;
+
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    /// Tokens, in thousandths.
+    milli_tokens: u32,
+    /// When the bucket was last refilled, in milliseconds since `epoch`.
+    at_ms: u32,
+}
+
+pub(crate) struct RateLimiter {
+    buckets: Box<[Bucket]>,
+    per_second: u32,
+    burst: u32,
+    epoch: Instant,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("per_second", &self.per_second)
+            .field("burst", &self.burst)
+            .finish()
+    }
+}
+
+impl RateLimiter {
+    /// `per_second` answers per source, in bursts of up to `burst`;
+    /// `per_second == 0` allows everything.
+    pub(crate) fn new(per_second: u32, burst: u32, epoch: Instant, seed: u64) -> Self {
+        let slots = if per_second == 0 { 0 } else { SLOTS };
+        Self {
+            buckets: vec![Bucket::default(); slots].into_boxed_slice(),
+            per_second,
+            burst: burst.max(1),
+            epoch,
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+
+    /// Takes a token for `source`; `false` when its bucket is empty.
+    pub(crate) fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let slot = self.slot(source);
+        let now_ms = u32::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u32::MAX);
+        let cap = u64::from(self.burst) * MILLI;
+        let Some(bucket) = self.buckets.get_mut(slot) else {
+            return true;
+        };
+        let fresh = bucket.at_ms == 0 && bucket.milli_tokens == 0;
+        let elapsed = u64::from(now_ms.saturating_sub(bucket.at_ms));
+        let refilled = if fresh {
+            cap
+        } else {
+            (u64::from(bucket.milli_tokens) + elapsed * u64::from(self.per_second)).min(cap)
+        };
+        bucket.at_ms = now_ms.max(1);
+        if refilled >= MILLI {
+            bucket.milli_tokens = u32::try_from(refilled - MILLI).unwrap_or(u32::MAX);
+            true
+        } else {
+            bucket.milli_tokens = u32::try_from(refilled).unwrap_or(0);
+            false
+        }
+    }
+
+    fn slot(&self, source: IpAddr) -> usize {
+        let mut h = self.hasher.build_hasher();
+        match source {
+            IpAddr::V4(v4) => h.write_u32(u32::from(v4)),
+            // One host usually holds a whole /64.
+            IpAddr::V6(v6) => h.write_u64((u128::from(v6) >> 64) as u64),
+        }
+        (h.finish() as usize) % SLOTS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bursts_then_refills() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(10, 5, t0, 1);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let b: IpAddr = "198.51.100.2".parse().unwrap();
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!((0..8).filter(|_| rl.allow(a, t)).count(), 5, "burst");
+        assert!(!rl.allow(a, t));
+        assert!(rl.allow(b, t), "another source has its own bucket");
+        assert!(
+            rl.allow(a, t + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!rl.allow(a, t + Duration::from_millis(150)));
+        let later = t + Duration::from_secs(60);
+        assert_eq!(
+            (0..8).filter(|_| rl.allow(a, later)).count(),
+            5,
+            "never more than the burst"
+        );
+    }
+
+    #[test]
+    fn zero_rate_means_unlimited() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(0, 0, t0, 1);
+        let a: IpAddr = "::1".parse().unwrap();
+        assert!((0..10_000).all(|_| rl.allow(a, t0)));
+    }
+}

@@ -1,0 +1,155 @@
+//! State every shard sees: configuration, credentials, the nonce key,
+//! quotas and port reservations. Only allocation setup and teardown touch
+//! the locks here; relaying never does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use turnpike_stun::ErrorCode;
+
+use crate::auth::Credentials;
+use crate::config::Config;
+use crate::nonce::Nonces;
+
+/// What all shards share. `T` is the runtime's reserved-port handle
+/// (RFC 8656 §7.2, EVEN-PORT with R=1), which another shard may claim.
+pub struct Shared<T = ()> {
+    pub(crate) config: Config,
+    pub(crate) credentials: Credentials,
+    pub(crate) nonces: Nonces,
+    pub(crate) epoch: Instant,
+    key: [u8; 32],
+    quota: Mutex<Quota>,
+    reservations: Mutex<HashMap<[u8; 8], Reservation<T>>>,
+    tokens_issued: AtomicU64,
+}
+
+impl<T> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Quota {
+    total: usize,
+    per_user: HashMap<Box<str>, usize>,
+}
+
+struct Reservation<T> {
+    handle: T,
+    addr: SocketAddr,
+    expires: Instant,
+}
+
+impl<T> Shared<T> {
+    /// `key` is 32 random bytes from the runtime: it keys nonces and
+    /// reservation tokens. `epoch` is any instant before the first call.
+    pub fn new(config: Config, credentials: Credentials, key: [u8; 32], epoch: Instant) -> Self {
+        Self {
+            nonces: Nonces::new(&key, epoch, config.lifetimes.nonce),
+            config,
+            credentials,
+            epoch,
+            key,
+            quota: Mutex::new(Quota::default()),
+            reservations: Mutex::new(HashMap::new()),
+            tokens_issued: AtomicU64::new(0),
+        }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    #[must_use]
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Allocations alive on all shards.
+    #[must_use]
+    pub fn allocations(&self) -> usize {
+        self.quota.lock().map(|q| q.total).unwrap_or(0)
+    }
+
+    /// Counts one more allocation for `user`, or says which limit stops it.
+    pub(crate) fn acquire(&self, user: &str) -> Result<(), ErrorCode> {
+        let limits = &self.config.limits;
+        let mut q = self.quota.lock().map_err(|_| ErrorCode::SERVER_ERROR)?;
+        if q.total >= limits.allocations {
+            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+        }
+        let held = q.per_user.get(user).copied().unwrap_or(0);
+        if held >= limits.allocations_per_user {
+            return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
+        }
+        q.per_user.insert(Box::from(user), held + 1);
+        q.total += 1;
+        Ok(())
+    }
+
+    /// Undoes one [`Shared::acquire`].
+    pub(crate) fn release(&self, user: &str) {
+        let Ok(mut q) = self.quota.lock() else { return };
+        q.total = q.total.saturating_sub(1);
+        if let Some(held) = q.per_user.get_mut(user) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                q.per_user.remove(user);
+            }
+        }
+    }
+
+    /// Holds `handle` (a reserved port at `addr`) until `expires`; returns
+    /// the token that claims it. Tokens are a keyed PRF of a counter:
+    /// unique, and unguessable without the key.
+    pub(crate) fn reserve(&self, handle: T, addr: SocketAddr, expires: Instant) -> Option<[u8; 8]> {
+        let n = self.tokens_issued.fetch_add(1, Ordering::Relaxed);
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).ok()?;
+        mac.update(b"reservation-token");
+        mac.update(&n.to_be_bytes());
+        let token: [u8; 8] = mac.finalize().into_bytes().get(..8)?.try_into().ok()?;
+        self.reservations.lock().ok()?.insert(
+            token,
+            Reservation {
+                handle,
+                addr,
+                expires,
+            },
+        );
+        Some(token)
+    }
+
+    /// Claims a reservation, if it exists and has not expired.
+    pub(crate) fn claim(&self, token: &[u8; 8], now: Instant) -> Option<(T, SocketAddr)> {
+        let r = self.reservations.lock().ok()?.remove(token)?;
+        (r.expires > now).then_some((r.handle, r.addr))
+    }
+
+    /// Drops reservations that expired, closing their ports.
+    pub(crate) fn expire_reservations(&self, now: Instant) {
+        let expired: Vec<Reservation<T>> = match self.reservations.lock() {
+            Ok(mut map) if !map.is_empty() => {
+                let tokens: Vec<[u8; 8]> = map
+                    .iter()
+                    .filter(|(_, r)| r.expires <= now)
+                    .map(|(t, _)| *t)
+                    .collect();
+                tokens.iter().filter_map(|t| map.remove(t)).collect()
+            }
+            _ => return,
+        };
+        // Handles are dropped here, outside the lock.
+        drop(expired);
+    }
+}

@@ -1,0 +1,1029 @@
+//! The TURN state machine driven in memory with simulated time: no sockets,
+//! no sleeping. Each test names the RFC rule it holds the server to.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use turnpike_turn::stun::attr::{AlgorithmList, TypeList};
+use turnpike_turn::stun::integrity::{LongTermKey, userhash};
+use turnpike_turn::stun::{
+    Attr, AttrType, Class, Integrity, Message, MessageType, Method, PasswordAlgorithm,
+    TransactionId, channel_data,
+};
+use turnpike_turn::{EndReason, Event, Limits, Transport, auth};
+
+fn peer(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const PEER: &str = "93.184.216.34:40000";
+const PEER2: &str = "93.184.216.35:40001";
+
+fn allocated(h: &mut Harness, client: &str) -> Client {
+    let mut c = Client::new(client, "alice", "wonderland");
+    let sent = c.allocate(h);
+    assert!(
+        is_success(&sent),
+        "allocate failed: {:?}",
+        sent.error_code()
+    );
+    c
+}
+
+#[test]
+fn binding_is_answered_without_authentication() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "", "");
+    c.fingerprint = true;
+    let sent = h.send(c.tuple, &c.unsigned(Method::BINDING, &[]));
+    let reply = sent.reply();
+    assert_eq!(
+        reply.typ(),
+        MessageType::new(Method::BINDING, Class::Success)
+    );
+    assert_eq!(
+        reply.get(AttrType::XOR_MAPPED_ADDRESS),
+        Some(Ok(Attr::XorMappedAddress(c.tuple.client)))
+    );
+    assert!(reply.has_fingerprint(), "FINGERPRINT mirrors the request");
+    assert!(
+        reply.get(AttrType::SOFTWARE).is_none(),
+        "no SOFTWARE by default"
+    );
+}
+
+#[test]
+fn binding_with_rfc5780_attributes_gets_420_while_rfc5780_is_off() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "", "");
+    let sent = h.send(
+        c.tuple,
+        &c.unsigned(
+            Method::BINDING,
+            &[Attr::ChangeRequest {
+                change_ip: true,
+                change_port: false,
+            }],
+        ),
+    );
+    assert_eq!(code(&sent), Some(420));
+    let Some(Ok(Attr::UnknownAttributes(list))) = sent.reply().get(AttrType::UNKNOWN_ATTRIBUTES)
+    else {
+        panic!("no UNKNOWN-ATTRIBUTES");
+    };
+    assert_eq!(
+        list.iter().collect::<Vec<_>>(),
+        vec![AttrType::CHANGE_REQUEST]
+    );
+}
+
+#[test]
+fn allocate_without_credentials_gets_401_with_realm_nonce_and_algorithms() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = h.send(
+        c.tuple,
+        &c.unsigned(Method::ALLOCATE, &[Attr::RequestedTransport(17)]),
+    );
+    assert_eq!(code(&sent), Some(401));
+    let reply = sent.reply();
+    assert_eq!(reply.get(AttrType::REALM), Some(Ok(Attr::Realm(REALM))));
+    let Some(Ok(Attr::Nonce(nonce))) = reply.get(AttrType::NONCE) else {
+        panic!("no NONCE")
+    };
+    assert!(nonce.starts_with("obMatJos2"), "nonce cookie: {nonce}");
+    let Some(Ok(Attr::PasswordAlgorithms(list))) = reply.get(AttrType::PASSWORD_ALGORITHMS) else {
+        panic!("no PASSWORD-ALGORITHMS")
+    };
+    assert_eq!(
+        list.iter().collect::<Vec<_>>(),
+        vec![PasswordAlgorithm::SHA256, PasswordAlgorithm::MD5]
+    );
+    assert!(!reply.has_integrity());
+    assert_eq!(h.server.allocation_count(), 0, "nothing allocated");
+}
+
+#[test]
+fn allocate_succeeds_signed_with_the_users_key() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = c.allocate(&mut h);
+    assert!(is_success(&sent));
+    let reply = sent.reply();
+    assert_eq!(
+        reply.verify_integrity(c.key().as_bytes()),
+        Ok(Integrity::Sha1)
+    );
+    // Behind the configured 1:1 NAT the advertised address is reported.
+    assert_eq!(relayed(&sent).ip().to_string(), "203.0.113.10");
+    assert_eq!(lifetime(&sent), 600);
+    assert_eq!(
+        reply.get(AttrType::XOR_MAPPED_ADDRESS),
+        Some(Ok(Attr::XorMappedAddress(c.tuple.client)))
+    );
+    assert!(
+        matches!(&h.events[..], [Event::AllocationCreated { username, .. }] if &**username == "alice")
+    );
+}
+
+#[test]
+fn wrong_password_and_missing_attributes() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wrong");
+    assert_eq!(code(&c.allocate(&mut h)), Some(401));
+    let mut nobody = Client::new("198.51.100.7:5001", "nobody", "x");
+    assert_eq!(code(&nobody.allocate(&mut h)), Some(401));
+
+    // MESSAGE-INTEGRITY without USERNAME, REALM or NONCE is 400 (RFC 8489 §9.2.4).
+    let mut c = Client::new("198.51.100.7:5002", "alice", "wonderland");
+    let tid = c.tid();
+    let key = c.key();
+    let bytes = build(
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        tid,
+        &[Attr::RequestedTransport(17), Attr::Realm(REALM)],
+        Some(key.as_bytes()),
+        false,
+    );
+    assert_eq!(code(&h.send(c.tuple, &bytes)), Some(400));
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_same_success_and_another_gets_437() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    assert_eq!(code(&c.allocate(&mut h)), None);
+    let tid = TransactionId([9; 12]);
+    let mut c2 = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    c2.allocate(&mut h); // learn a nonce on a fresh tuple
+    let mut c3 = Client::new("198.51.100.7:5002", "alice", "wonderland");
+    c3.nonce = {
+        let s = h.send(
+            c3.tuple,
+            &c3.unsigned(Method::ALLOCATE, &[Attr::RequestedTransport(17)]),
+        );
+        match s.reply().get(AttrType::NONCE) {
+            Some(Ok(Attr::Nonce(n))) => Some(n.to_owned()),
+            _ => None,
+        }
+    };
+    let first = h.send(
+        c3.tuple,
+        &c3.signed_with(Method::ALLOCATE, tid, &[Attr::RequestedTransport(17)]),
+    );
+    let again = h.send(
+        c3.tuple,
+        &c3.signed_with(Method::ALLOCATE, tid, &[Attr::RequestedTransport(17)]),
+    );
+    assert!(is_success(&first) && is_success(&again));
+    assert_eq!(relayed(&first), relayed(&again));
+    let other = h.send(
+        c3.tuple,
+        &c3.signed(Method::ALLOCATE, &[Attr::RequestedTransport(17)]),
+    );
+    assert_eq!(code(&other), Some(437));
+    assert_eq!(h.server.allocation_count(), 3);
+}
+
+#[test]
+fn lifetime_is_clamped_and_floored() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(u32::MAX)],
+    );
+    assert_eq!(
+        lifetime(&sent),
+        3600,
+        "LIFETIME 0xFFFFFFFF is clamped to the maximum"
+    );
+    let mut c = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    let sent = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(10)],
+    );
+    assert_eq!(
+        lifetime(&sent),
+        600,
+        "less than the default gets the default"
+    );
+}
+
+#[test]
+fn allocation_expires_exactly_at_its_lifetime() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4000),
+            Attr::XorPeerAddress(peer(PEER))
+        ]
+    )));
+    let cd = [0x40, 0x00, 0x00, 0x02, b'h', b'i'];
+    // Keep the permission alive past 300 s, as a client would.
+    h.advance(secs(290));
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    h.advance(secs(309)); // 599 s
+    assert!(matches!(h.send(c.tuple, &cd), Sent::ToPeer { .. }));
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::AllocationEnded { .. }))
+    );
+    // At 600 s the allocation is gone, even before the timer has run.
+    h.skip(secs(1));
+    assert!(matches!(h.send(c.tuple, &cd), Sent::Nothing));
+    assert!(h.peer_datagram(id, peer(PEER), b"x").is_none());
+    h.advance(secs(0));
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::AllocationEnded { reason: EndReason::Expired, traffic, .. } if traffic.to_peer_packets == 1
+    )));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.shared().allocations(), 0, "quota released");
+}
+
+#[test]
+fn refresh_extends_and_zero_deletes() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    h.advance(secs(500));
+    let sent = c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(600)]);
+    assert_eq!(lifetime(&sent), 600);
+    h.advance(secs(500)); // 1000 s: alive thanks to the refresh
+    assert_eq!(h.server.allocation_count(), 1);
+    let sent = c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(0)]);
+    assert_eq!(lifetime(&sent), 0);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::AllocationEnded {
+            reason: EndReason::Deleted,
+            ..
+        }
+    )));
+    // Without an allocation, Refresh is 437.
+    assert_eq!(
+        code(&c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(600)])),
+        Some(437)
+    );
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(3600)]
+    )));
+    let old = c.nonce.clone();
+    h.advance(secs(600));
+    let bytes = c.signed(Method::REFRESH, &[Attr::Lifetime(600)]);
+    let sent = h.send(c.tuple, &bytes);
+    assert_eq!(code(&sent), Some(438));
+    let Some(Ok(Attr::Nonce(fresh))) = sent.reply().get(AttrType::NONCE) else {
+        panic!("no nonce")
+    };
+    assert_ne!(Some(fresh.to_owned()), old);
+    // The retry with the fresh nonce works.
+    assert_eq!(
+        lifetime(&c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(600)])),
+        600
+    );
+}
+
+#[test]
+fn nonce_is_bound_to_the_client_address() {
+    let mut h = Harness::new();
+    let c = allocated(&mut h, "198.51.100.7:5000");
+    let mut thief = Client::new("198.51.100.8:5000", "alice", "wonderland");
+    thief.nonce = c.nonce.clone();
+    let bytes = thief.signed(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);
+    assert_eq!(code(&h.send(thief.tuple, &bytes)), Some(438));
+}
+
+#[test]
+fn rest_credentials_with_two_secrets_and_expiry_checked_on_every_request() {
+    let mut h = Harness::new();
+    let expires = UNIX_T0 + 1000;
+    let username = auth::rest_username(expires, "carol");
+    for secret in [b"secret-one".as_slice(), b"secret-two"] {
+        let password = auth::rest_password(secret, &username);
+        let mut c = Client::new(
+            if secret == b"secret-one" {
+                "198.51.100.7:1"
+            } else {
+                "198.51.100.7:2"
+            },
+            &username,
+            &password,
+        );
+        assert!(
+            is_success(&c.allocate(&mut h)),
+            "secret {:?}",
+            std::str::from_utf8(secret)
+        );
+    }
+    let wrong = auth::rest_password(b"not-a-secret", &username);
+    assert_eq!(
+        code(&Client::new("198.51.100.7:3", &username, &wrong).allocate(&mut h)),
+        Some(401)
+    );
+
+    let password = auth::rest_password(b"secret-one", &username);
+    let mut c = Client::new("198.51.100.7:4", &username, &password);
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(3600)]
+    )));
+    // After the expiry, even a Refresh of a live allocation is refused.
+    h.advance(secs(999));
+    assert_eq!(lifetime(&c.call(&mut h, Method::REFRESH, &[])), 600);
+    h.advance(secs(1));
+    assert_eq!(code(&c.call(&mut h, Method::REFRESH, &[])), Some(401));
+    assert_eq!(
+        h.server.stats().auth_failures.get("expired"),
+        2,
+        "one per attempt"
+    );
+
+    let expired = auth::rest_username(UNIX_T0 - 1, "dave");
+    let pw = auth::rest_password(b"secret-one", &expired);
+    assert_eq!(
+        code(&Client::new("198.51.100.7:5", &expired, &pw).allocate(&mut h)),
+        Some(401)
+    );
+}
+
+#[test]
+fn quotas_per_user_and_in_total() {
+    let limits = Limits {
+        allocations: 3,
+        allocations_per_user: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::with(limits, &[]);
+    assert!(is_success(
+        &Client::new("198.51.100.7:1", "alice", "wonderland").allocate(&mut h)
+    ));
+    assert!(is_success(
+        &Client::new("198.51.100.7:2", "alice", "wonderland").allocate(&mut h)
+    ));
+    assert_eq!(
+        code(&Client::new("198.51.100.7:3", "alice", "wonderland").allocate(&mut h)),
+        Some(486)
+    );
+    assert!(is_success(
+        &Client::new("198.51.100.7:4", "bob", "builder").allocate(&mut h)
+    ));
+    assert_eq!(
+        code(&Client::new("198.51.100.7:5", "bob", "builder").allocate(&mut h)),
+        Some(508)
+    );
+    assert_eq!(h.server.shared().allocations(), 3);
+}
+
+#[test]
+fn create_permission_is_all_or_nothing_and_policy_applies() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    assert_eq!(
+        code(&c.call(&mut h, Method::CREATE_PERMISSION, &[])),
+        Some(400)
+    );
+    // One allowed and one denied peer: 403, and neither is installed.
+    let sent = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[
+            Attr::XorPeerAddress(peer(PEER)),
+            Attr::XorPeerAddress(peer("127.0.0.1:9")),
+        ],
+    );
+    assert_eq!(code(&sent), Some(403));
+    assert!(
+        sent.reply().verify_integrity(c.key().as_bytes()).is_ok(),
+        "errors after authentication are signed"
+    );
+    assert!(h.peer_datagram(id, peer(PEER), b"x").is_none());
+    // Family mismatch is 443.
+    let sent = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer("[2606:4700::1111]:1"))],
+    );
+    assert_eq!(code(&sent), Some(443));
+    // A public peer gets a permission; its datagrams arrive as Data indications.
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    let (tuple, bytes) = h
+        .peer_datagram(id, peer("93.184.216.34:1234"), b"hello")
+        .expect("delivered");
+    assert_eq!(tuple, c.tuple);
+    let data = Message::parse(&bytes).unwrap();
+    assert_eq!(
+        data.typ(),
+        MessageType::new(Method::DATA, Class::Indication)
+    );
+    assert_eq!(
+        data.get(AttrType::DATA),
+        Some(Ok(Attr::Data(b"hello".as_slice())))
+    );
+    assert_eq!(
+        data.get(AttrType::XOR_PEER_ADDRESS),
+        Some(Ok(Attr::XorPeerAddress(peer("93.184.216.34:1234"))))
+    );
+    // Permissions are per IP: another IP is still dropped.
+    assert!(
+        h.peer_datagram(id, peer("93.184.216.99:1234"), b"x")
+            .is_none()
+    );
+    assert_eq!(
+        h.server
+            .stats()
+            .peer_denied
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        1
+    );
+}
+
+#[test]
+fn permission_expires_after_300_seconds() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    h.advance(secs(299));
+    assert!(h.peer_datagram(id, peer(PEER), b"x").is_some());
+    h.skip(secs(1));
+    assert!(h.peer_datagram(id, peer(PEER), b"x").is_none());
+}
+
+#[test]
+fn permission_cap_is_508() {
+    let limits = Limits {
+        permissions_per_allocation: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::with(limits, &[]);
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let peers = ["93.184.216.1:1", "93.184.216.2:1", "93.184.216.3:1"].map(peer);
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[
+            Attr::XorPeerAddress(peers[0]),
+            Attr::XorPeerAddress(peers[1])
+        ]
+    )));
+    // Refreshing existing ones is fine; a third is not.
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peers[1])]
+    )));
+    assert_eq!(
+        code(&c.call(
+            &mut h,
+            Method::CREATE_PERMISSION,
+            &[Attr::XorPeerAddress(peers[2])]
+        )),
+        Some(508)
+    );
+}
+
+#[test]
+fn send_indication_needs_a_permission() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let send = |c: &mut Client| {
+        let tid = c.tid();
+        build(
+            MessageType::new(Method::SEND, Class::Indication),
+            tid,
+            &[Attr::XorPeerAddress(peer(PEER)), Attr::Data(b"payload")],
+            None,
+            false,
+        )
+    };
+    let bytes = send(&mut c);
+    assert!(matches!(h.send(c.tuple, &bytes), Sent::Nothing));
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    let bytes = send(&mut c);
+    match h.send(c.tuple, &bytes) {
+        Sent::ToPeer {
+            relay,
+            peer: to,
+            data,
+        } => {
+            assert_eq!(relay.ip().to_string(), "10.0.0.1");
+            assert_eq!(to, peer(PEER));
+            assert_eq!(data, b"payload");
+        }
+        other => panic!("{other:?}"),
+    }
+    // From another 5-tuple, nothing is relayed.
+    let stranger = udp("198.51.100.9:5000");
+    assert!(matches!(h.send(stranger, &bytes), Sent::Nothing));
+}
+
+#[test]
+fn channels_relay_both_ways() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+        let sent = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[Attr::ChannelNumber(bad), Attr::XorPeerAddress(peer(PEER))],
+        );
+        assert_eq!(code(&sent), Some(400), "channel {bad:#x}");
+    }
+    assert_eq!(
+        code(&c.call(&mut h, Method::CHANNEL_BIND, &[Attr::ChannelNumber(0x4001)])),
+        Some(400)
+    );
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4001),
+            Attr::XorPeerAddress(peer(PEER))
+        ]
+    )));
+    // Client to peer: the payload, without the header or UDP padding.
+    let cd = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0x00];
+    match h.send(c.tuple, &cd) {
+        Sent::ToPeer { peer: to, data, .. } => {
+            assert_eq!(to, peer(PEER));
+            assert_eq!(data, b"abc");
+        }
+        other => panic!("{other:?}"),
+    }
+    // An unbound channel, or a length past the datagram: dropped.
+    assert!(matches!(
+        h.send(c.tuple, &[0x40, 0x02, 0x00, 0x01, b'x']),
+        Sent::Nothing
+    ));
+    assert!(matches!(
+        h.send(c.tuple, &[0x40, 0x01, 0x00, 0x09, b'x']),
+        Sent::Nothing
+    ));
+    // Peer to client: ChannelData.
+    let (_, bytes) = h.peer_datagram(id, peer(PEER), b"pong").unwrap();
+    let cd = channel_data::parse(&bytes).unwrap();
+    assert_eq!((cd.channel, cd.payload), (0x4001, b"pong".as_slice()));
+    assert_eq!(bytes.len(), 8, "no padding over UDP");
+    // A different port of the same peer IP has the permission but not the
+    // channel: Data indication.
+    let (_, bytes) = h
+        .peer_datagram(id, peer("93.184.216.34:1"), b"pong")
+        .unwrap();
+    assert_eq!(Message::parse(&bytes).unwrap().method(), Method::DATA);
+}
+
+#[test]
+fn channel_rebinding_rules_and_quarantine() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let bind = |c: &mut Client, h: &mut Harness, n: u16, p: &str| {
+        code(&c.call(
+            h,
+            Method::CHANNEL_BIND,
+            &[Attr::ChannelNumber(n), Attr::XorPeerAddress(peer(p))],
+        ))
+    };
+    assert_eq!(bind(&mut c, &mut h, 0x4000, PEER), None);
+    assert_eq!(bind(&mut c, &mut h, 0x4000, PEER), None, "refresh");
+    assert_eq!(
+        bind(&mut c, &mut h, 0x4000, PEER2),
+        Some(400),
+        "number bound to another peer"
+    );
+    assert_eq!(
+        bind(&mut c, &mut h, 0x4001, PEER),
+        Some(400),
+        "peer bound to another number"
+    );
+    // Refresh the allocation so it outlives the channel.
+    assert_eq!(
+        lifetime(&c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(3600)])),
+        3600
+    );
+    h.advance(secs(600)); // the channel expired...
+    assert!(matches!(
+        h.send(c.tuple, &[0x40, 0x00, 0x00, 0x00]),
+        Sent::Nothing
+    ));
+    assert_eq!(
+        bind(&mut c, &mut h, 0x4000, PEER2),
+        Some(400),
+        "...but is quarantined"
+    );
+    h.advance(secs(300));
+    assert_eq!(
+        bind(&mut c, &mut h, 0x4000, PEER2),
+        None,
+        "after 5 more minutes it is free"
+    );
+}
+
+#[test]
+fn channel_cap_is_508() {
+    let limits = Limits {
+        channels_per_allocation: 1,
+        ..Limits::default()
+    };
+    let mut h = Harness::with(limits, &[]);
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4000),
+            Attr::XorPeerAddress(peer(PEER))
+        ]
+    )));
+    let sent = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4001),
+            Attr::XorPeerAddress(peer(PEER2)),
+        ],
+    );
+    assert_eq!(code(&sent), Some(508));
+}
+
+#[test]
+fn another_user_on_the_same_five_tuple_gets_441() {
+    let mut h = Harness::new();
+    let alice = allocated(&mut h, "198.51.100.7:5000");
+    let mut bob = Client::new("198.51.100.7:5000", "bob", "builder");
+    bob.nonce = alice.nonce.clone();
+    assert_eq!(code(&bob.call(&mut h, Method::REFRESH, &[])), Some(441));
+    assert_eq!(
+        code(&bob.call(
+            &mut h,
+            Method::CREATE_PERMISSION,
+            &[Attr::XorPeerAddress(peer(PEER))]
+        )),
+        Some(441)
+    );
+}
+
+#[test]
+fn transport_and_attribute_errors() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    assert_eq!(
+        code(&c.call(&mut h, Method::ALLOCATE, &[Attr::RequestedTransport(6)])),
+        Some(442)
+    );
+    assert_eq!(code(&c.call(&mut h, Method::ALLOCATE, &[])), Some(400));
+    let unknown = [
+        Attr::RequestedTransport(17),
+        Attr::Other {
+            typ: AttrType(0x7F01),
+            value: b"?",
+        },
+    ];
+    let sent = c.call(&mut h, Method::ALLOCATE, &unknown);
+    assert_eq!(code(&sent), Some(420));
+    assert!(sent.reply().verify_integrity(c.key().as_bytes()).is_ok());
+    let token = [1u8; 8];
+    let both = [
+        Attr::RequestedTransport(17),
+        Attr::EvenPort {
+            reserve_next: false,
+        },
+        Attr::ReservationToken(&token),
+    ];
+    assert_eq!(code(&c.call(&mut h, Method::ALLOCATE, &both)), Some(400));
+    let v6 = [
+        Attr::RequestedTransport(17),
+        Attr::RequestedAddressFamily(turnpike_turn::stun::Family::V6),
+    ];
+    assert_eq!(code(&c.call(&mut h, Method::ALLOCATE, &v6)), Some(440));
+    assert_eq!(h.server.allocation_count(), 0);
+    // Unknown methods are 400, unauthenticated.
+    let sent = h.send(c.tuple, &c.unsigned(Method::new(0x0FF).unwrap(), &[]));
+    assert_eq!(code(&sent), Some(400));
+}
+
+#[test]
+fn even_port_reserves_the_next_port_for_a_token() {
+    let mut h = Harness::new();
+    let mut rtp = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = rtp.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::EvenPort { reserve_next: true },
+        ],
+    );
+    let port = relayed(&sent).port();
+    assert_eq!(port % 2, 0);
+    let Some(Ok(Attr::ReservationToken(token))) = sent.reply().get(AttrType::RESERVATION_TOKEN)
+    else {
+        panic!("no token")
+    };
+    let token = *token;
+    let mut rtcp = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    let sent = rtcp.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::ReservationToken(&token)],
+    );
+    assert_eq!(relayed(&sent).port(), port + 1);
+    // A token is used once.
+    let mut again = Client::new("198.51.100.7:5002", "alice", "wonderland");
+    let sent = again.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::ReservationToken(&token)],
+    );
+    assert_eq!(code(&sent), Some(508));
+    // And expires after 30 s.
+    let mut rtp2 = Client::new("198.51.100.7:5003", "alice", "wonderland");
+    let sent = rtp2.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::EvenPort { reserve_next: true },
+        ],
+    );
+    let Some(Ok(Attr::ReservationToken(token))) = sent.reply().get(AttrType::RESERVATION_TOKEN)
+    else {
+        panic!()
+    };
+    let token = *token;
+    h.advance(secs(30));
+    let mut late = Client::new("198.51.100.7:5004", "alice", "wonderland");
+    let sent = late.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::ReservationToken(&token)],
+    );
+    assert_eq!(code(&sent), Some(508));
+}
+
+#[test]
+fn dont_fragment_reaches_the_relay_binder() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::DontFragment]
+    )));
+    assert!(h.server.relays_mut().requests.last().unwrap().dont_fragment);
+}
+
+#[test]
+fn additional_ipv6_family_is_refused_inside_a_success() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::AdditionalAddressFamily(turnpike_turn::stun::Family::V6),
+        ],
+    );
+    assert!(is_success(&sent));
+    assert!(matches!(
+        sent.reply().get(AttrType::ADDRESS_ERROR_CODE),
+        Some(Ok(Attr::AddressErrorCode { code, .. })) if code.0 == 440
+    ));
+}
+
+#[test]
+fn sha256_password_algorithm_is_negotiated() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let challenge = h.send(
+        c.tuple,
+        &c.unsigned(Method::ALLOCATE, &[Attr::RequestedTransport(17)]),
+    );
+    let Some(Ok(Attr::Nonce(nonce))) = challenge.reply().get(AttrType::NONCE) else {
+        panic!()
+    };
+    let Some(Ok(Attr::PasswordAlgorithms(offer))) =
+        challenge.reply().get(AttrType::PASSWORD_ALGORITHMS)
+    else {
+        panic!()
+    };
+    let offer = offer.as_bytes().to_vec();
+    let nonce = nonce.to_owned();
+    let key = LongTermKey::derive(PasswordAlgorithm::SHA256, "alice", REALM, "wonderland").unwrap();
+    let request = |offer: &[u8], key: &LongTermKey| {
+        let mut buf = vec![0u8; 512];
+        let tid = TransactionId([5; 12]);
+        let mut w = turnpike_turn::stun::MessageWriter::new(
+            &mut buf,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            tid,
+        )
+        .unwrap();
+        w.add(&Attr::RequestedTransport(17)).unwrap();
+        w.add(&Attr::Username("alice")).unwrap();
+        w.add(&Attr::Realm(REALM)).unwrap();
+        w.add(&Attr::Nonce(&nonce)).unwrap();
+        w.add(&Attr::PasswordAlgorithms(
+            AlgorithmList::new(offer).unwrap(),
+        ))
+        .unwrap();
+        w.add(&Attr::PasswordAlgorithm(PasswordAlgorithm::SHA256))
+            .unwrap();
+        w.message_integrity_sha256(key.as_bytes()).unwrap();
+        let len = w.finish();
+        buf.truncate(len);
+        buf
+    };
+    // A tampered offer (MD5 only) is refused: no bid-down.
+    let tampered = [0x00, 0x01, 0x00, 0x00];
+    assert_eq!(code(&h.send(c.tuple, &request(&tampered, &key))), Some(400));
+    let sent = h.send(c.tuple, &request(&offer, &key));
+    assert!(is_success(&sent), "{:?}", sent.error_code());
+    assert_eq!(
+        sent.reply().verify_integrity(key.as_bytes()),
+        Ok(Integrity::Sha256)
+    );
+    let _ = &mut c;
+}
+
+#[test]
+fn userhash_identifies_a_static_user() {
+    let mut h = Harness::new();
+    let c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let challenge = h.send(
+        c.tuple,
+        &build(
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            TransactionId([1; 12]),
+            &[Attr::RequestedTransport(17)],
+            None,
+            false,
+        ),
+    );
+    let Some(Ok(Attr::Nonce(nonce))) = challenge.reply().get(AttrType::NONCE) else {
+        panic!()
+    };
+    let nonce = nonce.to_owned();
+    let hash = userhash("alice", REALM);
+    let bytes = build(
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        TransactionId([2; 12]),
+        &[
+            Attr::RequestedTransport(17),
+            Attr::Userhash(&hash),
+            Attr::Realm(REALM),
+            Attr::Nonce(&nonce),
+        ],
+        Some(c.key().as_bytes()),
+        false,
+    );
+    assert!(is_success(&h.send(c.tuple, &bytes)));
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let limits = Limits {
+        unauthenticated_per_second: 10,
+        unauthenticated_burst: 20,
+        ..Limits::default()
+    };
+    let mut h = Harness::with(limits, &[]);
+    let mut c = Client::new("198.51.100.7:5000", "", "");
+    let answered = (0..100)
+        .filter(|_| {
+            let b = c.unsigned(Method::BINDING, &[]);
+            matches!(h.send(c.tuple, &b), Sent::Reply(_))
+        })
+        .count();
+    assert_eq!(answered, 20);
+    assert_eq!(h.server.stats().rate_limited, 80);
+    // Another source is not affected.
+    let mut d = Client::new("198.51.100.8:5000", "", "");
+    let b = d.unsigned(Method::BINDING, &[]);
+    assert!(matches!(h.send(d.tuple, &b), Sent::Reply(_)));
+}
+
+#[test]
+fn oversized_text_attributes_are_a_bad_request() {
+    let mut h = Harness::new();
+    let c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    // Hand-built: the writer itself refuses a USERNAME over 512 bytes.
+    let mut bytes = build(
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        TransactionId([3; 12]),
+        &[
+            Attr::RequestedTransport(17),
+            Attr::Other {
+                typ: AttrType::USERNAME,
+                value: &[b'a'; 600],
+            },
+            Attr::Realm(REALM),
+            Attr::Nonce("n"),
+        ],
+        Some(c.key().as_bytes()),
+        false,
+    );
+    assert_eq!(code(&h.send(c.tuple, &bytes)), Some(400));
+    // Format-string and SQL characters are just bytes.
+    let name = "%s%n'; DROP TABLE users; --";
+    let mut odd = Client::new("198.51.100.7:5001", name, "x");
+    assert_eq!(code(&odd.allocate(&mut h)), Some(401));
+    bytes.clear();
+}
+
+#[test]
+fn malformed_input_is_counted_and_dropped() {
+    let mut h = Harness::new();
+    let t = udp("198.51.100.7:5000");
+    for junk in [
+        &b""[..],
+        &[0x00],
+        &[0xFF; 40],
+        &[
+            0x00, 0x01, 0x00, 0x04, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    ] {
+        assert!(matches!(h.send(t, junk), Sent::Nothing));
+    }
+    assert!(h.server.stats().malformed >= 3);
+    // Trailing bytes after a STUN message in one datagram: not a message.
+    let mut c = Client::new("198.51.100.7:5000", "", "");
+    let mut b = c.unsigned(Method::BINDING, &[]);
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    assert!(matches!(h.send(t, &b), Sent::Nothing));
+    // Attributes after MESSAGE-INTEGRITY are ignored (a LIFETIME appended
+    // after signing does not count).
+    let _ = TypeList::new(&[]).unwrap();
+}
+
+#[test]
+fn stream_channel_data_is_padded() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    c.tuple.transport = Transport::Tcp;
+    assert!(is_success(&c.allocate(&mut h)));
+    let id = h.last_allocation();
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4000),
+            Attr::XorPeerAddress(peer(PEER))
+        ]
+    )));
+    let (_, bytes) = h.peer_datagram(id, peer(PEER), b"abcde").unwrap();
+    assert_eq!(
+        bytes,
+        [
+            0x40, 0x00, 0x00, 0x05, b'a', b'b', b'c', b'd', b'e', 0, 0, 0
+        ]
+    );
+}
