@@ -1,1 +1,295 @@
-fn main() {}
+//! `turnpike`: a STUN/TURN relay for real-time audio and video.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use turnpike_server::config::{Listen, PortRange, User};
+use turnpike_server::serve::{GeneratedSecret, public_address};
+use turnpike_server::{Config, Overrides, state};
+use turnpike_turn::auth;
+use turnpike_turn::cidr::IpNet;
+
+/// Exit code for a bad flag or configuration (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+/// Exit code when the server cannot run (a port is taken, say).
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "turnpike",
+    version,
+    about = "A STUN/TURN relay for real-time audio and video",
+    long_about = "A STUN/TURN relay (RFC 8489, RFC 8656) for real-time audio and video, secure by default: \
+authentication is always on, and peers in private, loopback, link-local and other special-purpose \
+ranges are refused unless explicitly allowed.",
+    after_help = "Exit status: 0 on a clean stop (SIGINT or SIGTERM), 1 when the server cannot run \
+(a port is in use, say), 2 for a bad flag or configuration.\n\nLogs go to standard error; set the \
+level with --log-level or TURNPIKE_LOG (e.g. TURNPIKE_LOG=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    ///
+    /// With no arguments: UDP on 0.0.0.0:3478, the realm from the host
+    /// name, relays on the address of the default route, and a REST secret
+    /// generated and kept in ./turnpike-data. Flags override the file.
+    Serve(ServeArgs),
+    /// Print ephemeral TURN REST API credentials as JSON.
+    ///
+    /// The user name is "<expiry>:<user>"; the password is
+    /// base64(HMAC-SHA1(secret, user name)). Any service holding the secret
+    /// can mint them the same way.
+    Credentials(CredentialsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (TOML; see turnpike.example.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this address, e.g. udp://0.0.0.0:3478 (repeatable; replaces [[listen]]).
+    #[arg(long, value_name = "URL")]
+    listen: Vec<Listen>,
+    /// Authentication realm (replaces `realm`; default: the host name).
+    #[arg(long)]
+    realm: Option<String>,
+    /// Address relayed addresses are bound on (replaces `relay.address`).
+    #[arg(long, value_name = "IP")]
+    relay_address: Option<IpAddr>,
+    /// Relay port range (replaces `relay.ports`; default 49152-65535).
+    #[arg(long, value_name = "FIRST-LAST")]
+    relay_ports: Option<PortRange>,
+    /// Address put in XOR-RELAYED-ADDRESS behind a 1:1 NAT (replaces `relay.advertised`).
+    #[arg(long, value_name = "IP")]
+    advertised: Option<IpAddr>,
+    /// A static user (repeatable; replaces `auth.users`).
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    user: Vec<User>,
+    /// A TURN REST API shared secret (repeatable; replaces `auth.secrets`).
+    #[arg(long, value_name = "SECRET")]
+    secret: Vec<String>,
+    /// Allow relaying to this range despite the default policy (repeatable; replaces `peers.allow`).
+    #[arg(long, value_name = "CIDR")]
+    allow_peer: Vec<IpNet>,
+    /// Never relay to this range (repeatable; replaces `peers.deny`).
+    #[arg(long, value_name = "CIDR")]
+    deny_peer: Vec<IpNet>,
+    /// Where the generated REST secret is kept (replaces `state_dir`; default ./turnpike-data).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Shards, one thread each (replaces `threads`; default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Log level: error, warn, info, debug or trace (default info, or TURNPIKE_LOG).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CredentialsArgs {
+    /// The shared secret (one of the server's `auth.secrets`).
+    #[arg(
+        long,
+        required_unless_present = "state_dir",
+        conflicts_with = "state_dir"
+    )]
+    secret: Option<String>,
+    /// Read the secret a server generated in this state directory instead.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The user the credentials are for.
+    #[arg(long)]
+    user: String,
+    /// Seconds the credentials stay valid.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    ttl: u64,
+    /// A TURN URI to include, e.g. turn:turn.example.com:3478 (repeatable).
+    #[arg(long, value_name = "URI")]
+    uri: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Credentials(args) => credentials(&args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if let Err(e) = init_logging(args.log_level.as_deref()) {
+        eprintln!("turnpike: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let overrides = Overrides {
+        listen: args.listen,
+        realm: args.realm,
+        relay_address: args.relay_address,
+        relay_ports: args.relay_ports,
+        advertised: args.advertised,
+        users: args.user,
+        secrets: args.secret,
+        allow_peers: args.allow_peer,
+        deny_peers: args.deny_peer,
+        state_dir: args.state_dir,
+        threads: args.threads,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("turnpike: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let running = match turnpike_server::start(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("turnpike: {e:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    print_banner(&running, &config);
+    let signal = wait_for_signal();
+    tracing::info!(signal, "stopping");
+    running.stop();
+    ExitCode::SUCCESS
+}
+
+/// What a new user needs to know, printed once at start.
+#[allow(clippy::print_stdout)]
+fn print_banner(running: &turnpike_server::Running, config: &Config) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "turnpike {} serving realm \"{}\" on {} thread(s)",
+        env!("CARGO_PKG_VERSION"),
+        running.realm,
+        running.threads
+    );
+    for l in &running.listening {
+        let _ = writeln!(out, "listening: {} {}", l.transport, l.address);
+    }
+    let relay = &running.relay;
+    if relay.advertised == relay.bound {
+        let _ = writeln!(
+            out,
+            "relaying: {} ports {}",
+            relay.bound, running.relay_ports
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "relaying: {} (advertised as {}) ports {}",
+            relay.bound, relay.advertised, running.relay_ports
+        );
+    }
+    let uri = running
+        .listening
+        .first()
+        .map(|l| format!(" --uri turn:{}", public_address(l, relay)))
+        .unwrap_or_default();
+    match &running.generated_secret {
+        Some(GeneratedSecret::Created(path) | GeneratedSecret::Kept(path)) => {
+            let _ = writeln!(
+                out,
+                "credentials: REST secret kept in {}; get a user name and password with\n  turnpike credentials --state-dir {} --user NAME{uri}",
+                path.display(),
+                config.state_dir.display()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "credentials: {} static user(s), {} REST secret(s); for REST credentials run\n  turnpike credentials --secret SECRET --user NAME{uri}",
+                config.users.len(),
+                config.secrets.len()
+            );
+        }
+    }
+    let _ = out.flush();
+}
+
+fn credentials(args: &CredentialsArgs) -> ExitCode {
+    let secret = match (&args.secret, &args.state_dir) {
+        (Some(s), _) if !s.is_empty() => s.clone(),
+        (Some(_), _) => return usage("--secret must not be empty"),
+        (None, Some(dir)) => match state::read_secret(dir) {
+            Ok(s) => s,
+            Err(e) => return usage(&format!("cannot read the secret in {}: {e}", dir.display())),
+        },
+        (None, None) => return usage("give --secret or --state-dir"),
+    };
+    if args.user.is_empty() || args.user.chars().any(char::is_control) {
+        return usage("--user must be a non-empty name without control characters");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let username = auth::rest_username(now.saturating_add(args.ttl), &args.user);
+    let password = auth::rest_password(secret.as_bytes(), &username);
+    let json = serde_json::json!({
+        "username": username,
+        "password": password,
+        "ttl": args.ttl,
+        "uris": args.uri,
+    });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{json}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("turnpike: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => {
+            EnvFilter::try_new(level).map_err(|e| format!("--log-level {level}: {e}"))?
+        }
+        None => EnvFilter::try_from_env("TURNPIKE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM; returns which.
+fn wait_for_signal() -> &'static str {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => return "none",
+    };
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return "none";
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}

@@ -1,1 +1,26 @@
+//! The turnpike runtime: the only part that touches sockets, threads and
+//! the clock. It feeds the TURN state machine (`turnpike-turn`) with what
+//! arrives and sends what it answers.
+//!
+//! - [`config`]: the configuration file and flags, checked before anything
+//!   is bound.
+//! - [`serve::start`]: binds the listeners (one SO_REUSEPORT socket per
+//!   shard) and starts one thread per shard.
+//! - `shard`: a shard's event loop: listeners, relay sockets, the timer.
+//! - `relay`: relay sockets and the port pool.
+//! - `listener`: batched receive with destination addresses.
+//! - `sys`: the socket options that need `unsafe`.
 
+#![deny(unsafe_code)]
+
+pub mod config;
+mod listener;
+pub mod net;
+mod relay;
+pub mod serve;
+mod shard;
+pub mod state;
+mod sys;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use serve::{Running, start};

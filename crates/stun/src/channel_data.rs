@@ -7,10 +7,16 @@
 /// Length of the ChannelData header.
 pub const HEADER_LEN: usize = 4;
 
-/// The channel numbers a client may bind (RFC 8656 §12).
-pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// The channel numbers a server accepts: RFC 5766's 0x4000–0x7FFF.
+///
+/// RFC 8656 §12 narrowed the range to 0x4000–0x4FFF and reserved the rest,
+/// so that a *client* multiplexing TURN with DTLS-SRTP on one socket can
+/// tell them apart (RFC 7983). A server's listener carries no DTLS, and
+/// deployed RFC 5766 clients (coturn's among them) pick channels anywhere
+/// up to 0x7FFF: refusing those would break them for no gain.
+pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 
-/// Whether `number` is a channel a client may bind.
+/// Whether `number` is a channel a server accepts.
 #[must_use]
 pub const fn is_valid_channel(number: u16) -> bool {
     number >= *CHANNEL_RANGE.start() && number <= *CHANNEL_RANGE.end()
@@ -29,7 +35,7 @@ pub struct ChannelData<'a> {
 pub enum ChannelDataError {
     /// Fewer than four bytes.
     TooShort,
-    /// The channel number is outside 0x4000–0x4FFF.
+    /// The channel number is outside 0x4000–0x7FFF.
     BadChannel,
     /// The length field runs past the bytes given.
     Truncated,
@@ -39,7 +45,7 @@ impl std::fmt::Display for ChannelDataError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::TooShort => "shorter than a ChannelData header",
-            Self::BadChannel => "channel number outside 0x4000-0x4FFF",
+            Self::BadChannel => "channel number outside 0x4000-0x7FFF",
             Self::Truncated => "length runs past the end of the data",
         })
     }
@@ -97,7 +103,7 @@ mod tests {
     fn rejects_bad_input() {
         assert_eq!(parse(&[0x40, 0x00, 0x00]), Err(ChannelDataError::TooShort));
         assert_eq!(
-            parse(&[0x50, 0x00, 0x00, 0x00]),
+            parse(&[0x80, 0x00, 0x00, 0x00]),
             Err(ChannelDataError::BadChannel)
         );
         assert_eq!(
@@ -108,7 +114,7 @@ mod tests {
             parse(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4]),
             Err(ChannelDataError::Truncated)
         );
-        assert_eq!(parse(&[0x4F, 0xFF, 0x00, 0x00]).unwrap().payload, b"");
+        assert_eq!(parse(&[0x7F, 0xFF, 0x00, 0x00]).unwrap().payload, b"");
     }
 
     #[test]

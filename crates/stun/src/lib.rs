@@ -50,7 +50,8 @@ pub const ATTR_HEADER_LEN: usize = 4;
 pub enum FirstByte {
     /// 0x00–0x03: a STUN message.
     Stun,
-    /// 0x40–0x4F: TURN ChannelData (channel numbers 0x4000–0x4FFF).
+    /// 0x40–0x7F: TURN ChannelData (channel numbers 0x4000–0x7FFF; see
+    /// [`channel_data::CHANNEL_RANGE`]).
     ChannelData,
     /// Anything else: not for a TURN server.
     Other,
@@ -63,7 +64,7 @@ impl FirstByte {
     pub fn of(bytes: &[u8]) -> Self {
         match bytes.first() {
             Some(0x00..=0x03) => Self::Stun,
-            Some(0x40..=0x4F) => Self::ChannelData,
+            Some(0x40..=0x7F) => Self::ChannelData,
             _ => Self::Other,
         }
     }

@@ -569,7 +569,7 @@ fn channels_relay_both_ways() {
     let mut h = Harness::new();
     let mut c = allocated(&mut h, "198.51.100.7:5000");
     let id = h.last_allocation();
-    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+    for bad in [0x0000, 0x3FFF, 0x8000, 0xFFFF] {
         let sent = c.call(
             &mut h,
             Method::CHANNEL_BIND,
@@ -612,6 +612,21 @@ fn channels_relay_both_ways() {
     let cd = channel_data::parse(&bytes).unwrap();
     assert_eq!((cd.channel, cd.payload), (0x4001, b"pong".as_slice()));
     assert_eq!(bytes.len(), 8, "no padding over UDP");
+    // RFC 5766's upper channels, which deployed clients use, work too.
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x7FFF),
+            Attr::XorPeerAddress(peer(PEER2))
+        ]
+    )));
+    match h.send(c.tuple, &[0x7F, 0xFF, 0x00, 0x01, b'z']) {
+        Sent::ToPeer { peer: to, data, .. } => {
+            assert_eq!((to, data.as_slice()), (peer(PEER2), b"z".as_slice()))
+        }
+        other => panic!("{other:?}"),
+    }
     // A different port of the same peer IP has the permission but not the
     // channel: Data indication.
     let (_, bytes) = h

@@ -1,0 +1,841 @@
+//! The configuration file and the command-line flags that override it.
+//!
+//! Parsing is strict: an unknown key, a malformed value or an inconsistent
+//! pair of values stops the program before it binds anything, with the
+//! file, line and key named.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use turnpike_turn::cidr::IpNet;
+
+/// The state directory when none is configured.
+pub const DEFAULT_STATE_DIR: &str = "./turnpike-data";
+/// The listener when none is configured.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3478";
+/// The relay port range when none is configured (the IANA dynamic range).
+pub const DEFAULT_RELAY_PORTS: PortRange = PortRange {
+    first: 49152,
+    last: 65535,
+};
+
+/// A configuration error, naming where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `None` for a command-line flag.
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    /// The key, as a dotted path (`relay.ports`), or the flag.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            _ => {}
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A listener's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenTransport {
+    Udp,
+}
+
+impl FromStr for ListenTransport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "udp" => Ok(Self::Udp),
+            "tcp" | "tls" => Err(format!(
+                "transport \"{s}\" is not supported yet; use \"udp\""
+            )),
+            _ => Err(format!("unknown transport \"{s}\"; expected \"udp\"")),
+        }
+    }
+}
+
+impl fmt::Display for ListenTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("udp")
+    }
+}
+
+/// A listening address with its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Listen {
+    pub transport: ListenTransport,
+    pub address: SocketAddr,
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    /// `udp://127.0.0.1:3478`, `udp://[::1]:3478`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("\"{s}\" is not of the form udp://ADDRESS:PORT"))?;
+        let transport = scheme.parse()?;
+        let address = rest.parse().map_err(|_| {
+            format!("\"{rest}\" is not an IP address and port (use [..] around IPv6)")
+        })?;
+        Ok(Self { transport, address })
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.transport, self.address)
+    }
+}
+
+/// An inclusive range of ports, written `FIRST-LAST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        usize::from(self.last) - usize::from(self.first) + 1
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    #[must_use]
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("\"{s}\" is not a port range like 49152-65535");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(format!(
+                "\"{s}\": the first port must be between 1 and the last"
+            ));
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A static user, written `NAME:PASSWORD`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "User({:?}, <password>)", self.name)
+    }
+}
+
+impl FromStr for User {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, password) = s
+            .split_once(':')
+            .ok_or_else(|| "a user is written NAME:PASSWORD".to_owned())?;
+        if name.is_empty() || password.is_empty() {
+            return Err("a user is written NAME:PASSWORD, neither empty".to_owned());
+        }
+        // RFC 8489 §14.3: USERNAME is less than 513 bytes.
+        if name.len() > 512 {
+            return Err("a user name must be at most 512 bytes".to_owned());
+        }
+        if name.chars().chain(password.chars()).any(char::is_control) {
+            return Err("user names and passwords must not contain control characters".to_owned());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+}
+
+/// Deserializes any of the types above from a TOML string.
+fn from_str<'de, T, D>(d: D) -> Result<T, D::Error>
+where
+    T: FromStr<Err = String>,
+    D: Deserializer<'de>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(de::Error::custom)
+}
+
+fn from_strs<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+where
+    T: FromStr<Err = String>,
+    D: Deserializer<'de>,
+{
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(de::Error::custom))
+        .collect()
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse::<IpNet>().map_err(de::Error::custom))
+        .collect()
+}
+
+fn opt<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: FromStr<Err = String>,
+    D: Deserializer<'de>,
+{
+    from_str(d).map(Some)
+}
+
+/// The file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    realm: Option<toml::Spanned<String>>,
+    state_dir: Option<PathBuf>,
+    threads: Option<toml::Spanned<usize>>,
+    #[serde(default)]
+    listen: Vec<toml::Spanned<ListenEntry>>,
+    #[serde(default)]
+    relay: RelaySection,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    peers: PeersSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenEntry {
+    #[serde(deserialize_with = "from_str")]
+    transport: ListenTransport,
+    address: SocketAddr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySection {
+    address: Option<toml::Spanned<IpAddr>>,
+    #[serde(default, deserialize_with = "opt")]
+    ports: Option<PortRange>,
+    advertised: Option<toml::Spanned<IpAddr>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    #[serde(default, deserialize_with = "from_strs")]
+    users: Vec<User>,
+    #[serde(default)]
+    secrets: Vec<toml::Spanned<String>>,
+    nonce_lifetime: Option<toml::Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersSection {
+    #[serde(default, deserialize_with = "cidrs")]
+    allow: Vec<IpNet>,
+    #[serde(default, deserialize_with = "cidrs")]
+    deny: Vec<IpNet>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    allocations: Option<toml::Spanned<usize>>,
+    allocations_per_user: Option<toml::Spanned<usize>>,
+    permissions_per_allocation: Option<toml::Spanned<usize>>,
+    channels_per_allocation: Option<toml::Spanned<usize>>,
+    unauthenticated_per_second: Option<u32>,
+    unauthenticated_burst: Option<toml::Spanned<u32>>,
+}
+
+/// Values from the command line; each replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<Listen>,
+    pub realm: Option<String>,
+    pub relay_address: Option<IpAddr>,
+    pub relay_ports: Option<PortRange>,
+    pub advertised: Option<IpAddr>,
+    pub users: Vec<User>,
+    pub secrets: Vec<String>,
+    pub allow_peers: Vec<IpNet>,
+    pub deny_peers: Vec<IpNet>,
+    pub state_dir: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// The limits section, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub allocations: usize,
+    pub allocations_per_user: usize,
+    pub permissions_per_allocation: usize,
+    pub channels_per_allocation: usize,
+    pub unauthenticated_per_second: u32,
+    pub unauthenticated_burst: u32,
+}
+
+/// The validated configuration. Values that depend on the host (the
+/// hostname, the relay address) are resolved when serving starts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub realm: Option<String>,
+    pub state_dir: PathBuf,
+    /// Shards; `None` means one per CPU.
+    pub threads: Option<usize>,
+    pub listen: Vec<Listen>,
+    pub relay_address: Option<IpAddr>,
+    pub relay_ports: PortRange,
+    pub advertised: Option<IpAddr>,
+    pub users: Vec<User>,
+    pub secrets: Vec<String>,
+    pub nonce_lifetime: u64,
+    pub allow_peers: Vec<IpNet>,
+    pub deny_peers: Vec<IpNet>,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads `path` (if given) and applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (file, text) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: Some(path.to_owned()),
+                    line: None,
+                    key: None,
+                    message: format!("cannot read: {e}"),
+                })?;
+                (parse(&text).map_err(|e| e.in_file(path, &text))?, text)
+            }
+            None => (File::default(), String::new()),
+        };
+        Self::resolve(file, overrides).map_err(|e| match path {
+            Some(path) => e.in_file(path, &text),
+            None => e.into_config_error(),
+        })
+    }
+
+    fn resolve(file: File, o: &Overrides) -> Result<Self, Located> {
+        let realm = match (&o.realm, file.realm) {
+            (Some(r), _) => Some(check_realm(r).map_err(|m| Located::flag("--realm", m))?),
+            (None, Some(r)) => {
+                Some(check_realm(r.get_ref()).map_err(|m| Located::at(&r, "realm", m))?)
+            }
+            (None, None) => None,
+        };
+
+        let listen = if !o.listen.is_empty() {
+            o.listen.clone()
+        } else if !file.listen.is_empty() {
+            file.listen
+                .iter()
+                .map(|l| Listen {
+                    transport: l.get_ref().transport,
+                    address: l.get_ref().address,
+                })
+                .collect()
+        } else {
+            vec![Listen {
+                transport: ListenTransport::Udp,
+                address: DEFAULT_LISTEN
+                    .parse()
+                    .map_err(|_| Located::plain("listen", "bad default"))?,
+            }]
+        };
+        for (i, l) in listen.iter().enumerate() {
+            if listen.iter().skip(i + 1).any(|other| other == l) {
+                let at = file.listen.get(i).map(|s| s.span());
+                return Err(Located::span(at, "listen", format!("{l} is listed twice")));
+            }
+        }
+
+        let relay_address = match (o.relay_address, &file.relay.address) {
+            (Some(a), _) => {
+                Some(check_relay_address(a).map_err(|m| Located::flag("--relay-address", m))?)
+            }
+            (None, Some(a)) => Some(
+                check_relay_address(*a.get_ref())
+                    .map_err(|m| Located::at(a, "relay.address", m))?,
+            ),
+            (None, None) => None,
+        };
+        let advertised = match (o.advertised, &file.relay.advertised) {
+            (Some(a), _) => Some(
+                check_advertised(a, relay_address).map_err(|m| Located::flag("--advertised", m))?,
+            ),
+            (None, Some(a)) => Some(
+                check_advertised(*a.get_ref(), relay_address)
+                    .map_err(|m| Located::at(a, "relay.advertised", m))?,
+            ),
+            (None, None) => None,
+        };
+        let relay_ports = o
+            .relay_ports
+            .or(file.relay.ports)
+            .unwrap_or(DEFAULT_RELAY_PORTS);
+
+        let users = if o.users.is_empty() {
+            file.auth.users
+        } else {
+            o.users.clone()
+        };
+        for (i, u) in users.iter().enumerate() {
+            if users.iter().skip(i + 1).any(|other| other.name == u.name) {
+                return Err(Located::plain(
+                    "auth.users",
+                    format!("user \"{}\" is listed twice", u.name),
+                ));
+            }
+        }
+        let secrets = if !o.secrets.is_empty() {
+            for s in &o.secrets {
+                check_secret(s).map_err(|m| Located::flag("--secret", m))?;
+            }
+            o.secrets.clone()
+        } else {
+            file.auth
+                .secrets
+                .iter()
+                .map(|s| {
+                    check_secret(s.get_ref())
+                        .map(|()| s.get_ref().clone())
+                        .map_err(|m| Located::at(s, "auth.secrets", m))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let nonce_lifetime = match &file.auth.nonce_lifetime {
+            Some(n) if !(1..=600).contains(n.get_ref()) => {
+                return Err(Located::at(
+                    n,
+                    "auth.nonce_lifetime",
+                    "must be between 1 and 600 seconds",
+                ));
+            }
+            Some(n) => *n.get_ref(),
+            None => 600,
+        };
+
+        let threads = match (o.threads, &file.threads) {
+            (Some(t), _) => Some(check_threads(t).map_err(|m| Located::flag("--threads", m))?),
+            (None, Some(t)) => {
+                Some(check_threads(*t.get_ref()).map_err(|m| Located::at(t, "threads", m))?)
+            }
+            (None, None) => None,
+        };
+
+        let defaults = turnpike_turn::Limits::default();
+        let positive = |v: &Option<toml::Spanned<usize>>, key: &str, default: usize| match v {
+            Some(s) if *s.get_ref() == 0 => Err(Located::at(s, key, "must be at least 1")),
+            Some(s) => Ok(*s.get_ref()),
+            None => Ok(default),
+        };
+        let l = &file.limits;
+        let limits = Limits {
+            allocations: positive(&l.allocations, "limits.allocations", defaults.allocations)?,
+            allocations_per_user: positive(
+                &l.allocations_per_user,
+                "limits.allocations_per_user",
+                defaults.allocations_per_user,
+            )?,
+            permissions_per_allocation: positive(
+                &l.permissions_per_allocation,
+                "limits.permissions_per_allocation",
+                defaults.permissions_per_allocation,
+            )?,
+            channels_per_allocation: positive(
+                &l.channels_per_allocation,
+                "limits.channels_per_allocation",
+                defaults.channels_per_allocation,
+            )?,
+            unauthenticated_per_second: l
+                .unauthenticated_per_second
+                .unwrap_or(defaults.unauthenticated_per_second),
+            unauthenticated_burst: match &l.unauthenticated_burst {
+                Some(b) if *b.get_ref() == 0 => {
+                    return Err(Located::at(
+                        b,
+                        "limits.unauthenticated_burst",
+                        "must be at least 1",
+                    ));
+                }
+                Some(b) => *b.get_ref(),
+                None => defaults.unauthenticated_burst,
+            },
+        };
+
+        Ok(Self {
+            realm,
+            state_dir: o
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            threads,
+            listen,
+            relay_address,
+            relay_ports,
+            advertised,
+            users,
+            secrets,
+            nonce_lifetime,
+            allow_peers: if o.allow_peers.is_empty() {
+                file.peers.allow
+            } else {
+                o.allow_peers.clone()
+            },
+            deny_peers: if o.deny_peers.is_empty() {
+                file.peers.deny
+            } else {
+                o.deny_peers.clone()
+            },
+            limits,
+        })
+    }
+}
+
+fn check_realm(realm: &str) -> Result<String, String> {
+    // RFC 8489 §14.9: fewer than 128 characters.
+    if realm.is_empty() || realm.chars().count() > 127 {
+        return Err("must be 1 to 127 characters".to_owned());
+    }
+    if realm
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        return Err("must not contain control characters, quotes or backslashes".to_owned());
+    }
+    Ok(realm.to_owned())
+}
+
+fn check_relay_address(ip: IpAddr) -> Result<IpAddr, String> {
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} is not an address peers can reach; give the address of an interface (and relay.advertised behind a NAT)"
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(format!("{ip} is a multicast address"));
+    }
+    Ok(ip)
+}
+
+fn check_advertised(ip: IpAddr, relay: Option<IpAddr>) -> Result<IpAddr, String> {
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{ip} cannot be advertised"));
+    }
+    if let Some(relay) = relay
+        && relay.is_ipv4() != ip.is_ipv4()
+    {
+        return Err(format!(
+            "{ip} is not of the same address family as relay.address {relay}"
+        ));
+    }
+    Ok(ip)
+}
+
+fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.is_empty() {
+        Err("a secret must not be empty".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_threads(n: usize) -> Result<usize, String> {
+    if (1..=1024).contains(&n) {
+        Ok(n)
+    } else {
+        Err("must be between 1 and 1024".to_owned())
+    }
+}
+
+/// An error located by a byte span or a flag, before it knows its file.
+#[derive(Debug)]
+struct Located {
+    span: Option<std::ops::Range<usize>>,
+    key: Option<String>,
+    message: String,
+}
+
+impl Located {
+    fn at<T>(spanned: &toml::Spanned<T>, key: &str, message: impl Into<String>) -> Self {
+        Self::span(Some(spanned.span()), key, message)
+    }
+
+    fn span(span: Option<std::ops::Range<usize>>, key: &str, message: impl Into<String>) -> Self {
+        Self {
+            span,
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    fn plain(key: &str, message: impl Into<String>) -> Self {
+        Self::span(None, key, message)
+    }
+
+    fn flag(flag: &str, message: impl Into<String>) -> Self {
+        Self {
+            span: None,
+            key: Some(format!("flag {flag}")),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(self, path: &Path, text: &str) -> ConfigError {
+        let is_flag = self.key.as_deref().is_some_and(|k| k.starts_with("flag "));
+        ConfigError {
+            file: (!is_flag).then(|| path.to_owned()),
+            line: self.span.map(|s| line_of(text, s.start)),
+            key: self.key,
+            message: self.message,
+        }
+    }
+
+    fn into_config_error(self) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: None,
+            key: self.key,
+            message: self.message,
+        }
+    }
+}
+
+fn parse(text: &str) -> Result<File, Located> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| Located {
+        span: e.span(),
+        key: None,
+        message: e.message().to_owned(),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        Located {
+            span: inner.span(),
+            key: (path != ".").then_some(path),
+            message: inner.message().to_owned(),
+        }
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("turnpike.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &Overrides::default()).map_err(|mut e| {
+            e.file = e.file.map(|f| PathBuf::from(f.file_name().unwrap()));
+            e
+        })
+    }
+
+    const EXAMPLE: &str = r#"
+realm = "turnpike.test"
+[[listen]]
+transport = "udp"            # "tcp" and "tls" come with the next issue
+address = "127.0.0.1:3478"
+[relay]
+address = "127.0.0.1"        # where relayed addresses are bound
+ports = "49152-65535"
+# advertised = "203.0.113.7" # address put in XOR-RELAYED-ADDRESS behind a 1:1 NAT
+[auth]
+users = ["alice:wonderland"]
+secrets = ["a-rest-api-secret"]
+[peers]
+allow = ["127.0.0.0/8"]
+deny = []
+"#;
+
+    #[test]
+    fn the_documented_example_loads_exactly() {
+        let c = load(EXAMPLE).unwrap();
+        assert_eq!(c.realm.as_deref(), Some("turnpike.test"));
+        assert_eq!(c.listen, vec!["udp://127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.relay_address, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            c.relay_ports,
+            PortRange {
+                first: 49152,
+                last: 65535
+            }
+        );
+        assert_eq!(
+            c.users,
+            vec![User {
+                name: "alice".into(),
+                password: "wonderland".into()
+            }]
+        );
+        assert_eq!(c.secrets, vec!["a-rest-api-secret".to_owned()]);
+        assert_eq!(c.allow_peers, vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(c.deny_peers.is_empty());
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.listen, vec!["udp://0.0.0.0:3478".parse().unwrap()]);
+        assert_eq!(c.relay_ports, DEFAULT_RELAY_PORTS);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.nonce_lifetime, 600);
+        assert!(c.realm.is_none() && c.users.is_empty() && c.secrets.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[relay]\nports = \"9-1\"\n",
+                "turnpike.toml:2: relay.ports: \"9-1\": the first port must be between 1 and the last",
+            ),
+            (
+                "realm = \"x\"\n[relay]\nprots = \"1-2\"\n",
+                "turnpike.toml:3: relay: unknown field `prots`",
+            ),
+            (
+                "[auth]\nusers = [\"alice\"]\n",
+                "turnpike.toml:2: auth.users: a user is written NAME:PASSWORD",
+            ),
+            (
+                "[peers]\nallow = [\"10.0.0.0/33\"]\n",
+                "turnpike.toml:2: peers.allow: invalid CIDR",
+            ),
+            (
+                "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:1\"\n",
+                "turnpike.toml:2: listen[0].transport: transport \"tcp\" is not supported yet",
+            ),
+            (
+                "[relay]\naddress = \"0.0.0.0\"\n",
+                "turnpike.toml:2: relay.address: 0.0.0.0 is not an address peers can reach",
+            ),
+            (
+                "[relay]\naddress = \"127.0.0.1\"\nadvertised = \"::1\"\n",
+                "turnpike.toml:3: relay.advertised: ::1 is not of the same address family",
+            ),
+            (
+                "[auth]\nnonce_lifetime = 601\n",
+                "turnpike.toml:2: auth.nonce_lifetime: must be between 1 and 600 seconds",
+            ),
+            (
+                "realm = \"\"\n",
+                "turnpike.toml:1: realm: must be 1 to 127 characters",
+            ),
+            (
+                "threads = 0\n",
+                "turnpike.toml:1: threads: must be between 1 and 1024",
+            ),
+            (
+                "[limits]\nallocations = 0\n",
+                "turnpike.toml:2: limits.allocations: must be at least 1",
+            ),
+            ("realm = \n", "turnpike.toml:1: "),
+            (
+                "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\n",
+                "listen: udp://127.0.0.1:1 is listed twice",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load(text).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "for {text:?}\n got: {err}\nwant: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, EXAMPLE).unwrap();
+        let o = Overrides {
+            listen: vec!["udp://127.0.0.1:4000".parse().unwrap()],
+            realm: Some("other".into()),
+            relay_ports: Some("50000-50100".parse().unwrap()),
+            users: vec!["bob:builder".parse().unwrap()],
+            allow_peers: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&path), &o).unwrap();
+        assert_eq!(c.realm.as_deref(), Some("other"));
+        assert_eq!(c.listen, o.listen);
+        assert_eq!(c.relay_ports.len(), 101);
+        assert_eq!(c.users[0].name, "bob");
+        assert_eq!(
+            c.secrets,
+            vec!["a-rest-api-secret".to_owned()],
+            "not overridden"
+        );
+        assert_eq!(c.allow_peers, o.allow_peers);
+        let bad = Overrides {
+            realm: Some(String::new()),
+            ..Overrides::default()
+        };
+        let err = Config::load(Some(&path), &bad).unwrap_err().to_string();
+        assert_eq!(err, "flag --realm: must be 1 to 127 characters");
+    }
+
+    #[test]
+    fn flag_values_parse() {
+        assert!("udp://[::1]:3478".parse::<Listen>().is_ok());
+        assert!("tcp://127.0.0.1:1".parse::<Listen>().is_err());
+        assert!("127.0.0.1:1".parse::<Listen>().is_err());
+        assert!("1-65535".parse::<PortRange>().is_ok());
+        assert!("0-10".parse::<PortRange>().is_err());
+        assert!("10".parse::<PortRange>().is_err());
+        assert!("a:b:c".parse::<User>().unwrap().password == "b:c");
+        assert!(":x".parse::<User>().is_err());
+    }
+}

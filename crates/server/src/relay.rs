@@ -1,0 +1,280 @@
+//! Relayed transport addresses: one UDP socket per allocation, on a port
+//! drawn at random from the configured range (RFC 8656 §7.2 asks for
+//! unpredictable ports; a scan of the range finds nothing to aim at).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::sync::{Arc, Mutex};
+
+use rand::RngExt as _;
+use tokio::task::AbortHandle;
+use turnpike_turn::stun::Family;
+use turnpike_turn::{AllocationId, BindError, BindRequest, Bound, Relays};
+
+use crate::config::PortRange;
+use crate::net::bind_udp;
+use crate::shard::{self, Shard};
+use crate::sys;
+
+/// How many ports one Allocate may try before giving up with 508.
+const MAX_ATTEMPTS: usize = 64;
+
+/// Which ports of the range this process holds. Shared by the shards;
+/// locked only while an allocation is made or ends.
+#[derive(Debug)]
+pub(crate) struct PortPool {
+    range: PortRange,
+    used: Vec<u64>,
+}
+
+impl PortPool {
+    pub(crate) fn new(range: PortRange) -> Self {
+        Self {
+            range,
+            used: vec![0; range.len().div_ceil(64)],
+        }
+    }
+
+    fn index(&self, port: u16) -> Option<usize> {
+        self.range
+            .contains(port)
+            .then(|| usize::from(port - self.range.first))
+    }
+
+    fn is_free(&self, port: u16) -> bool {
+        self.index(port)
+            .and_then(|i| self.used.get(i / 64).map(|w| w & (1 << (i % 64)) == 0))
+            .unwrap_or(false)
+    }
+
+    fn set(&mut self, port: u16, used: bool) {
+        if let Some(i) = self.index(port)
+            && let Some(word) = self.used.get_mut(i / 64)
+        {
+            if used {
+                *word |= 1 << (i % 64);
+            } else {
+                *word &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// Free ports from `start` (an offset into the range) onwards, wrapping
+    /// around, that satisfy `wanted`.
+    fn candidates<'a>(
+        &'a self,
+        start: usize,
+        wanted: impl Fn(&Self, u16) -> bool + 'a,
+    ) -> impl Iterator<Item = u16> + 'a {
+        let len = self.range.len();
+        (0..len)
+            .map(move |i| (start + i) % len)
+            .filter_map(|offset| u16::try_from(offset).ok())
+            .filter_map(|offset| self.range.first.checked_add(offset))
+            .filter(move |&port| wanted(self, port))
+    }
+}
+
+/// A port of the pool, returned when dropped.
+#[derive(Debug)]
+pub(crate) struct PortLease {
+    pool: Arc<Mutex<PortPool>>,
+    port: u16,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.set(self.port, false);
+        }
+    }
+}
+
+/// A port held for a later allocation (EVEN-PORT with R=1): its bound
+/// socket and its lease. Any shard may claim it.
+#[derive(Debug)]
+pub(crate) struct ReservedPort {
+    socket: std::net::UdpSocket,
+    lease: PortLease,
+}
+
+/// An allocation's relay socket. Dropping it stops its reader task, which
+/// holds the last other reference, and so closes the socket.
+#[derive(Debug)]
+pub(crate) struct RelaySocket {
+    inner: Rc<RelayInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RelayInner {
+    pub(crate) socket: tokio::net::UdpSocket,
+    reader: RefCell<Option<AbortHandle>>,
+    _lease: PortLease,
+}
+
+impl RelaySocket {
+    /// Sends one datagram to a peer; a full socket buffer drops it, as UDP
+    /// would.
+    #[inline]
+    pub(crate) fn send_to(&self, data: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.inner.socket.try_send_to(data, peer)
+    }
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        if let Some(reader) = self.inner.reader.borrow_mut().take() {
+            reader.abort();
+        }
+    }
+}
+
+/// Binds relay sockets for one shard and starts their readers on it.
+#[derive(Debug)]
+pub(crate) struct UdpRelays {
+    ipv4: Option<IpAddr>,
+    ipv6: Option<IpAddr>,
+    pool: Arc<Mutex<PortPool>>,
+    /// The shard the readers deliver to; set once the shard exists.
+    pub(crate) shard: Weak<RefCell<Shard>>,
+}
+
+impl UdpRelays {
+    pub(crate) fn new(addresses: &[IpAddr], pool: Arc<Mutex<PortPool>>) -> Self {
+        Self {
+            ipv4: addresses.iter().copied().find(IpAddr::is_ipv4),
+            ipv6: addresses.iter().copied().find(IpAddr::is_ipv6),
+            pool,
+            shard: Weak::new(),
+        }
+    }
+
+    fn start(
+        &self,
+        id: AllocationId,
+        socket: std::net::UdpSocket,
+        lease: PortLease,
+    ) -> Result<RelaySocket, BindError> {
+        let socket = tokio::net::UdpSocket::from_std(socket).map_err(|_| BindError::Failed)?;
+        let inner = Rc::new(RelayInner {
+            socket,
+            reader: RefCell::new(None),
+            _lease: lease,
+        });
+        let reader = tokio::task::spawn_local(shard::relay_reader(
+            self.shard.clone(),
+            Rc::clone(&inner),
+            id,
+        ));
+        *inner.reader.borrow_mut() = Some(reader.abort_handle());
+        Ok(RelaySocket { inner })
+    }
+}
+
+impl Relays for UdpRelays {
+    type Socket = RelaySocket;
+    type Reserved = ReservedPort;
+
+    fn bind(
+        &mut self,
+        request: &BindRequest,
+    ) -> Result<Bound<RelaySocket, ReservedPort>, BindError> {
+        let ip = match request.family {
+            Family::V4 => self.ipv4,
+            Family::V6 => self.ipv6,
+        }
+        .ok_or(BindError::FamilyNotSupported)?;
+        let bind_one = |port: u16| -> Option<std::net::UdpSocket> {
+            let socket = bind_udp(SocketAddr::new(ip, port), false).ok()?;
+            if request.dont_fragment {
+                sys::set_dont_fragment(&socket, ip.is_ipv6()).ok()?;
+            }
+            Some(socket)
+        };
+
+        let mut pool = self.pool.lock().map_err(|_| BindError::Failed)?;
+        let start = rand::rng().random_range(0..pool.range.len());
+        let even = request.even_port;
+        let pair = request.reserve_next;
+        let candidates: Vec<u16> = pool
+            .candidates(start, |pool, port| {
+                (!even || port % 2 == 0)
+                    && (!pair || port.checked_add(1).is_some_and(|next| pool.is_free(next)))
+                    && pool.is_free(port)
+            })
+            .take(MAX_ATTEMPTS)
+            .collect();
+        for port in candidates {
+            let Some(socket) = bind_one(port) else {
+                continue;
+            };
+            let reserved = if pair {
+                let next = port + 1;
+                match bind_udp(SocketAddr::new(ip, next), false) {
+                    Ok(socket) => {
+                        pool.set(next, true);
+                        Some((socket, next))
+                    }
+                    Err(_) => continue,
+                }
+            } else {
+                None
+            };
+            pool.set(port, true);
+            drop(pool);
+            let lease = |port| PortLease {
+                pool: Arc::clone(&self.pool),
+                port,
+            };
+            let reserved = reserved.map(|(socket, next)| {
+                (
+                    ReservedPort {
+                        socket,
+                        lease: lease(next),
+                    },
+                    SocketAddr::new(ip, next),
+                )
+            });
+            let socket = self.start(request.id, socket, lease(port))?;
+            return Ok(Bound {
+                socket,
+                addr: SocketAddr::new(ip, port),
+                reserved,
+            });
+        }
+        Err(BindError::NoPorts)
+    }
+
+    fn adopt(
+        &mut self,
+        id: AllocationId,
+        reserved: ReservedPort,
+    ) -> Result<RelaySocket, BindError> {
+        self.start(id, reserved.socket, reserved.lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_hands_out_free_ports_with_parity() {
+        let range: PortRange = "40000-40009".parse().unwrap();
+        let mut pool = PortPool::new(range);
+        let all: Vec<u16> = pool.candidates(3, |p, port| p.is_free(port)).collect();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0], 40003, "starts at the offset");
+        pool.set(40004, true);
+        let even: Vec<u16> = pool
+            .candidates(0, |p, port| port % 2 == 0 && p.is_free(port))
+            .collect();
+        assert_eq!(even, vec![40000, 40002, 40006, 40008]);
+        assert!(!pool.is_free(40004));
+        assert!(!pool.is_free(39999), "outside the range is never free");
+        pool.set(40004, false);
+        assert!(pool.is_free(40004));
+    }
+}

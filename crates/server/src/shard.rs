@@ -1,0 +1,318 @@
+//! One shard: a thread with its own single-threaded runtime, its share of
+//! every listener (SO_REUSEPORT), its allocations and their relay sockets.
+//!
+//! The kernel sends a client's datagrams to the same listener socket every
+//! time, so an allocation, its relay socket and every packet relayed for it
+//! stay on one thread: no locks on the data path.
+
+use std::cell::RefCell;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quinn_udp::RecvMeta;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use turnpike_turn::policy::canonical;
+use turnpike_turn::{
+    AllocationId, Event, FiveTuple, Output, PEER_HEADROOM, PEER_TAILROOM, Server, Shared, Transport,
+};
+
+use crate::listener::Listener;
+use crate::relay::{PortPool, RelayInner, ReservedPort, UdpRelays};
+
+/// Datagrams taken from one socket per wake-up before yielding to others.
+const PEER_BATCH: usize = 64;
+/// Receive buffer per datagram slot of a listener: large enough for a
+/// GRO-coalesced batch of segments.
+const RX_SLOT: usize = 64 * 1024;
+/// The largest UDP payload a peer can send.
+const MAX_PEER_PAYLOAD: usize = 65_535;
+
+/// Everything one shard owns.
+pub(crate) struct Shard {
+    index: usize,
+    pub(crate) server: Server<UdpRelays>,
+    listeners: Vec<Rc<Listener>>,
+    /// Answers to clients are written here.
+    reply: Box<[u8]>,
+    /// Peer datagrams land here, after room for a TURN header.
+    peer_buf: Box<[u8]>,
+    rx: Box<[u8]>,
+    rx_meta: Box<[RecvMeta]>,
+    send_errors: u64,
+}
+
+/// What a shard is started with.
+pub(crate) struct ShardSetup {
+    pub(crate) index: usize,
+    pub(crate) shared: Arc<Shared<ReservedPort>>,
+    pub(crate) relay_ips: Vec<std::net::IpAddr>,
+    pub(crate) pool: Arc<std::sync::Mutex<PortPool>>,
+    pub(crate) listeners: Vec<std::net::UdpSocket>,
+    pub(crate) seed: [u8; 32],
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Runs a shard on a thread of its own until shutdown.
+pub(crate) fn spawn(setup: ShardSetup) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("shard-{}", setup.index))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "cannot start a shard runtime");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            if let Err(e) = local.block_on(&runtime, run(setup)) {
+                warn!(error = %e, "shard stopped");
+            }
+        })
+}
+
+async fn run(setup: ShardSetup) -> io::Result<()> {
+    let ShardSetup {
+        index,
+        shared,
+        relay_ips,
+        pool,
+        listeners,
+        seed,
+        mut shutdown,
+    } = setup;
+    let listeners = listeners
+        .into_iter()
+        .map(|s| Listener::new(s).map(Rc::new))
+        .collect::<io::Result<Vec<_>>>()?;
+    let relays = UdpRelays::new(&relay_ips, pool);
+    let batch = quinn_udp::BATCH_SIZE;
+    let now = Instant::now();
+    let shard = Rc::new(RefCell::new(Shard {
+        index,
+        server: Server::new(shared, relays, seed, now, unix_now()),
+        listeners: listeners.clone(),
+        reply: vec![0; 2048].into_boxed_slice(),
+        peer_buf: vec![0; PEER_HEADROOM + MAX_PEER_PAYLOAD + PEER_TAILROOM].into_boxed_slice(),
+        rx: vec![0; RX_SLOT * batch].into_boxed_slice(),
+        rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
+        send_errors: 0,
+    }));
+    shard.borrow_mut().server.relays_mut().shard = Rc::downgrade(&shard);
+
+    for listener in listeners {
+        tokio::task::spawn_local(listen(Rc::downgrade(&shard), listener));
+    }
+    tokio::task::spawn_local(tick(Rc::downgrade(&shard)));
+    debug!(shard = index, "shard running");
+
+    // Either a shutdown request or the sender's end stops the shard.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    let mut s = shard.borrow_mut();
+    s.server.close_all(Instant::now());
+    s.log_events();
+    Ok(())
+}
+
+/// Serves one listener socket: receive a batch, handle each datagram.
+async fn listen(shard: Weak<RefCell<Shard>>, listener: Rc<Listener>) {
+    loop {
+        if let Err(e) = listener.socket.readable().await {
+            warn!(error = %e, local = %listener.local, "listener failed");
+            return;
+        }
+        let Some(shard) = shard.upgrade() else { return };
+        shard.borrow_mut().drain_listener(&listener);
+    }
+}
+
+/// Serves one relay socket: a peer's datagram goes to the allocation's
+/// client.
+pub(crate) async fn relay_reader(
+    shard: Weak<RefCell<Shard>>,
+    relay: Rc<RelayInner>,
+    id: AllocationId,
+) {
+    loop {
+        if relay.socket.readable().await.is_err() {
+            return;
+        }
+        let Some(shard) = shard.upgrade() else { return };
+        shard.borrow_mut().drain_relay(&relay, id);
+    }
+}
+
+/// Keeps time: expiry, the wall clock for REST credentials, and the
+/// allocation log.
+async fn tick(shard: Weak<RefCell<Shard>>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(shard) = shard.upgrade() else { return };
+        let mut s = shard.borrow_mut();
+        let now = Instant::now();
+        s.server.set_wall_clock(now, unix_now());
+        s.server.handle_timeout(now);
+        s.log_events();
+    }
+}
+
+impl Shard {
+    fn drain_listener(&mut self, listener: &Listener) {
+        let now = Instant::now();
+        let Self {
+            server,
+            reply,
+            rx,
+            rx_meta,
+            send_errors,
+            ..
+        } = self;
+        loop {
+            let mut chunks = rx.chunks_mut(RX_SLOT);
+            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            let count = match listener.recv(&mut slices, rx_meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "receive failed");
+                    break;
+                }
+            };
+            drop(slices);
+            for (meta, slot) in rx_meta.iter().take(count).zip(rx.chunks(RX_SLOT)) {
+                let data = slot.get(..meta.len).unwrap_or_default();
+                let client = SocketAddr::new(canonical(meta.addr.ip()), meta.addr.port());
+                let server_ip = meta.dst_ip.map_or(listener.local.ip(), canonical);
+                let tuple = FiveTuple {
+                    transport: Transport::Udp,
+                    client,
+                    server: SocketAddr::new(server_ip, listener.local.port()),
+                };
+                // With GRO, one buffer holds several datagrams of `stride`
+                // bytes each.
+                let stride = if meta.stride == 0 {
+                    data.len()
+                } else {
+                    meta.stride
+                };
+                for datagram in data.chunks(stride.max(1)) {
+                    match server.handle_client(now, tuple, datagram, reply) {
+                        Output::None => {}
+                        Output::Reply(len) => {
+                            let answer = reply.get(..len).unwrap_or_default();
+                            if listener.send(meta.addr, server_ip, answer).is_err() {
+                                *send_errors += 1;
+                            }
+                        }
+                        Output::ToPeer { socket, peer, data } => {
+                            if socket.send_to(data, peer).is_err() {
+                                *send_errors += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.log_events();
+    }
+
+    fn drain_relay(&mut self, relay: &RelayInner, id: AllocationId) {
+        let now = Instant::now();
+        let payload = PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_PAYLOAD;
+        for _ in 0..PEER_BATCH {
+            let Some(room) = self.peer_buf.get_mut(payload.clone()) else {
+                return;
+            };
+            let (len, from) = match relay.socket.try_recv_from(room) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "relay receive failed");
+                    return;
+                }
+            };
+            let Some(out) = self
+                .server
+                .handle_peer(now, id, from, &mut self.peer_buf, len)
+            else {
+                continue;
+            };
+            let Some(listener) = self.listeners.iter().find(|l| l.serves(out.tuple.server)) else {
+                continue;
+            };
+            let data = self.peer_buf.get(out.range).unwrap_or_default();
+            if listener
+                .send(out.tuple.client, out.tuple.server.ip(), data)
+                .is_err()
+            {
+                self.send_errors += 1;
+            }
+        }
+    }
+
+    /// One line per allocation created and ended.
+    fn log_events(&mut self) {
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                Event::AllocationCreated {
+                    id,
+                    username,
+                    tuple,
+                    relayed,
+                    lifetime,
+                } => info!(
+                    shard = self.index,
+                    allocation = %id,
+                    user = %username,
+                    transport = %tuple.transport,
+                    client = %tuple.client,
+                    server = %tuple.server,
+                    relayed = %relayed,
+                    lifetime_s = lifetime.as_secs(),
+                    "allocation created"
+                ),
+                Event::AllocationEnded {
+                    id,
+                    username,
+                    tuple,
+                    relayed,
+                    reason,
+                    duration,
+                    traffic,
+                } => info!(
+                    shard = self.index,
+                    allocation = %id,
+                    user = %username,
+                    transport = %tuple.transport,
+                    client = %tuple.client,
+                    server = %tuple.server,
+                    relayed = %relayed,
+                    reason = reason.as_str(),
+                    duration_ms = duration.as_millis(),
+                    to_peer_packets = traffic.to_peer_packets,
+                    to_peer_bytes = traffic.to_peer_bytes,
+                    to_client_packets = traffic.to_client_packets,
+                    to_client_bytes = traffic.to_client_bytes,
+                    "allocation ended"
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
