@@ -1,0 +1,105 @@
+//! The real binary on loopback, driven over UDP by a client built on the
+//! project's codec: allocation, relaying both ways, shutdown, logs.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use turnpike_stun::{Attr, AttrType, Class, Message, Method, channel_data};
+
+#[test]
+fn binding_answers_with_the_reflexive_address() {
+    let server = ServerProcess::start(&loopback_args());
+    let mut client = TurnClient::new(server.addr, "", "");
+    let (tid, bytes) = client.build(Method::BINDING, &[]);
+    let r = client.exchange(tid, &bytes).expect("an answer");
+    assert_eq!(r.msg().class(), Class::Success);
+    assert_eq!(
+        r.msg().get(AttrType::XOR_MAPPED_ADDRESS),
+        Some(Ok(Attr::XorMappedAddress(client.local())))
+    );
+}
+
+#[test]
+fn relays_both_ways_over_channels_and_indications() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start(&args);
+    let peer = echo_peer(1000);
+    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    let relayed = client.allocate();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+
+    // Send and Data indications.
+    client.create_permission(&[peer]).unwrap();
+    client.send_indication(peer, b"over an indication");
+    let got = client.recv(Duration::from_secs(5)).expect("echo");
+    let msg = Message::parse(&got).unwrap();
+    assert_eq!(msg.method(), Method::DATA);
+    assert_eq!(
+        msg.get(AttrType::DATA),
+        Some(Ok(Attr::Data(b"over an indication".as_slice())))
+    );
+    assert_eq!(
+        msg.get(AttrType::XOR_PEER_ADDRESS),
+        Some(Ok(Attr::XorPeerAddress(peer)))
+    );
+
+    // ChannelData, 100 times, nothing lost.
+    client.channel_bind(0x4001, peer).unwrap();
+    for i in 0..100u32 {
+        let payload = i.to_be_bytes();
+        client.send_channel(0x4001, &payload);
+        let got = client.recv(Duration::from_secs(5)).expect("echo");
+        let cd = channel_data::parse(&got).unwrap();
+        assert_eq!((cd.channel, cd.payload), (0x4001, payload.as_slice()));
+    }
+}
+
+#[test]
+fn sigterm_ends_allocations_with_a_log_line_each_and_exits_cleanly() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start(&args);
+    let peer = echo_peer(10);
+    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    let relayed = client.allocate();
+    client.channel_bind(0x4000, peer).unwrap();
+    client.send_channel(0x4000, b"x");
+    client.recv(Duration::from_secs(5)).expect("echo");
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let created: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("allocation created"))
+        .collect();
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("allocation ended"))
+        .collect();
+    assert_eq!(created.len(), 1, "{log}");
+    assert_eq!(ended.len(), 1, "{log}");
+    let line = ended[0];
+    for field in [
+        "user=alice".to_owned(),
+        format!("client={}", client.local()),
+        format!("relayed={relayed}"),
+        "to_peer_packets=1".to_owned(),
+        "to_peer_bytes=1".to_owned(),
+        "to_client_packets=1".to_owned(),
+        "duration_ms=".to_owned(),
+        "reason=\"closed\"".to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field} missing from {line}");
+    }
+    // Nothing about unauthenticated traffic at info level.
+    assert!(!log.contains("401"), "{log}");
+}
