@@ -45,7 +45,8 @@ impl Listener {
     }
 
     /// Sends one datagram to `to`, from `from` when the socket is bound to
-    /// a wildcard address. A full socket buffer drops it, as UDP would.
+    /// a wildcard address. A full socket buffer drops it, as UDP would; the
+    /// send goes straight to the socket, never waiting for writability.
     pub(crate) fn send(&self, to: SocketAddr, from: IpAddr, data: &[u8]) -> io::Result<()> {
         let transmit = Transmit {
             destination: to,

@@ -116,10 +116,12 @@ pub(crate) struct RelayInner {
 
 impl RelaySocket {
     /// Sends one datagram to a peer; a full socket buffer drops it, as UDP
-    /// would.
+    /// would. The send goes straight to the socket: waiting on the
+    /// runtime's idea of writability would refuse the first send of a new
+    /// socket, before the runtime has seen it writable.
     #[inline]
     pub(crate) fn send_to(&self, data: &[u8], peer: SocketAddr) -> io::Result<usize> {
-        self.inner.socket.try_send_to(data, peer)
+        socket2::SockRef::from(&self.inner.socket).send_to(data, &peer.into())
     }
 }
 

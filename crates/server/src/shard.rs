@@ -118,6 +118,7 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
     let mut s = shard.borrow_mut();
     s.server.close_all(Instant::now());
     s.log_events();
+    debug!(shard = index, stats = ?s.server.stats(), send_errors = s.send_errors, "shard stopped");
     Ok(())
 }
 
@@ -188,7 +189,6 @@ impl Shard {
                     break;
                 }
             };
-            drop(slices);
             for (meta, slot) in rx_meta.iter().take(count).zip(rx.chunks(RX_SLOT)) {
                 let data = slot.get(..meta.len).unwrap_or_default();
                 let client = SocketAddr::new(canonical(meta.addr.ip()), meta.addr.port());
