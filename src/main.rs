@@ -89,8 +89,9 @@ struct ServeArgs {
     /// Shards, one thread each (replaces `threads`; default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Log level: error, warn, info, debug or trace (default info, or TURNPIKE_LOG).
-    #[arg(long, value_name = "LEVEL")]
+    /// Log level (default info). TURNPIKE_LOG takes fuller filters, e.g.
+    /// TURNPIKE_LOG=info,turnpike_server=debug.
+    #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: Option<String>,
 }
 

@@ -653,7 +653,11 @@ fn parse(text: &str) -> Result<File, Located> {
         message: e.message().to_owned(),
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        // `Spanned` values add a private segment to the path.
+        let path = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let inner = e.into_inner();
         Located {
             span: inner.span(),
@@ -724,6 +728,18 @@ deny = []
     }
 
     #[test]
+    fn the_annotated_example_in_the_repository_loads() {
+        let c = load(include_str!("../../../turnpike.example.toml")).unwrap();
+        assert_eq!(c.realm.as_deref(), Some("turnpike.test"));
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            c.limits.allocations,
+            turnpike_turn::Limits::default().allocations
+        );
+        assert_eq!(c.nonce_lifetime, 600);
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         let c = load("").unwrap();
         assert_eq!(c.listen, vec!["udp://0.0.0.0:3478".parse().unwrap()]);
@@ -742,7 +758,7 @@ deny = []
             ),
             (
                 "realm = \"x\"\n[relay]\nprots = \"1-2\"\n",
-                "turnpike.toml:3: relay: unknown field `prots`",
+                "turnpike.toml:3: relay.prots: unknown field `prots`, expected one of `address`, `ports`, `advertised`",
             ),
             (
                 "[auth]\nusers = [\"alice\"]\n",
