@@ -34,7 +34,7 @@ pub struct ServerProcess {
     /// Everything the server printed on stdout up to "listening".
     pub banner: Vec<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 pub fn binary() -> PathBuf {
@@ -104,8 +104,13 @@ impl ServerProcess {
             addr,
             banner,
             stderr: Some(stderr),
-            _state: state,
+            state,
         }
+    }
+
+    /// The server's state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
     }
 
     /// The server's process id.

@@ -1,0 +1,416 @@
+//! SECURITY.md over the wire, against the real binary: the peer policy
+//! (§A), malformed input (§B) and authentication (§C).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use turnpike_stun::{
+    Attr, AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId,
+};
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Every range of SECURITY.md §A, first and last address, as IPv4.
+const DENIED_V4: &[&str] = &[
+    "127.0.0.1:5000",
+    "127.255.255.255:5000",
+    "0.0.0.0:5000",
+    "0.255.255.255:5000",
+    "10.0.0.0:5000",
+    "10.255.255.255:5000",
+    "172.16.0.0:5000",
+    "172.31.255.255:5000",
+    "192.168.0.0:5000",
+    "192.168.255.255:5000",
+    "100.64.0.0:5000",
+    "100.127.255.255:5000",
+    "169.254.0.0:5000",
+    "169.254.169.254:80",
+    "169.254.255.255:5000",
+    "224.0.0.0:5000",
+    "239.255.255.255:5000",
+    "240.0.0.0:5000",
+    "255.255.255.254:5000",
+    "255.255.255.255:5000",
+    "192.0.0.0:5000",
+    "192.0.0.255:5000",
+    "192.0.2.0:5000",
+    "192.0.2.255:5000",
+    "198.18.0.0:5000",
+    "198.19.255.255:5000",
+    "198.51.100.0:5000",
+    "198.51.100.255:5000",
+    "203.0.113.0:5000",
+    "203.0.113.255:5000",
+];
+
+/// The IPv6 spellings of §A: loopback, "this host", IPv4 hidden in IPv6,
+/// private, link-local, multicast, documentation.
+const DENIED_V6: &[&str] = &[
+    "[::1]:5000",
+    "[::]:5000",
+    "[::ffff:127.0.0.1]:5000",
+    "[::ffff:169.254.169.254]:80",
+    "[::127.0.0.1]:5000",
+    "[64:ff9b::7f00:1]:5000",
+    "[64:ff9b:1::a9fe:a9fe]:80",
+    "[2002:7f00:1::]:5000",
+    "[2001:0:4136:e378:8000:63bf:80ff:fffe]:5000",
+    "[2001:db8::1]:5000",
+    "[100::1]:5000",
+    "[fc00::1]:5000",
+    "[fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+    "[fe80::1]:5000",
+    "[ff02::1]:5000",
+];
+
+#[test]
+fn default_policy_refuses_every_special_range_and_allows_public_peers() {
+    let server = ServerProcess::start(&loopback_args());
+    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    client.allocate();
+    for peer in DENIED_V4 {
+        assert_eq!(
+            client.create_permission(&[sa(peer)]),
+            Err(403),
+            "CreatePermission {peer}"
+        );
+        assert_eq!(
+            client.channel_bind(0x4000, sa(peer)),
+            Err(403),
+            "ChannelBind {peer}"
+        );
+    }
+    // The allocation is IPv4: IPv6 peers are a family mismatch (443)
+    // whatever they hide; the policy itself is tested per spelling in the
+    // turn crate.
+    for peer in DENIED_V6 {
+        assert_eq!(
+            client.create_permission(&[sa(peer)]),
+            Err(443),
+            "CreatePermission {peer}"
+        );
+        assert_eq!(
+            client.channel_bind(0x4000, sa(peer)),
+            Err(443),
+            "ChannelBind {peer}"
+        );
+    }
+    // A public address gets a permission and a channel (nothing is sent).
+    client.create_permission(&[sa("8.8.8.8:53")]).unwrap();
+    client.channel_bind(0x4000, sa("1.1.1.1:53")).unwrap();
+}
+
+#[test]
+fn allowing_loopback_never_opens_the_servers_own_sockets_or_a_relay_loop() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start(&args);
+    let mut a = TurnClient::new(server.addr, "alice", "wonderland");
+    let relayed_a = a.allocate();
+    let mut b = TurnClient::new(server.addr, "alice", "wonderland");
+    let relayed_b = b.allocate();
+
+    // Its own listener and its own relayed address: 403 even so.
+    assert_eq!(a.channel_bind(0x4000, server.addr), Err(403), "listener");
+    assert_eq!(a.create_permission(&[server.addr]), Err(403), "listener");
+    assert_eq!(a.channel_bind(0x4001, relayed_a), Err(403), "relay loop");
+    // Another allocation's relayed address is how two relayed clients meet.
+    a.channel_bind(0x4002, relayed_b).unwrap();
+    b.create_permission(&[relayed_a]).unwrap();
+    a.send_channel(0x4002, b"from a to b");
+    let got = b.recv(Duration::from_secs(5)).expect("b hears a");
+    let msg = Message::parse(&got).unwrap();
+    assert_eq!(
+        msg.get(AttrType::DATA),
+        Some(Ok(Attr::Data(b"from a to b".as_slice())))
+    );
+    assert_eq!(
+        msg.get(AttrType::XOR_PEER_ADDRESS),
+        Some(Ok(Attr::XorPeerAddress(relayed_a)))
+    );
+}
+
+#[test]
+fn a_send_to_the_servers_own_listener_is_dropped() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start(&args);
+    let peer = echo_peer(10);
+    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    client.allocate();
+    // The permission is per IP (RFC 8656 §9): 127.0.0.1 covers the
+    // listener's port as well, so the port is checked per Send.
+    client.create_permission(&[peer]).unwrap();
+    // A Binding request, which the listener would answer if it got it: the
+    // answer would come back to us as a Data indication.
+    let mut buf = [0u8; 64];
+    let w = MessageWriter::new(
+        &mut buf,
+        MessageType::new(Method::BINDING, Class::Request),
+        TransactionId([7; 12]),
+    )
+    .unwrap();
+    let len = w.finish();
+    client.send_indication(server.addr, &buf[..len]);
+    // A later send on the same 5-tuple is handled after it: once its echo
+    // is back, the first one has been dealt with.
+    client.send_indication(peer, b"barrier");
+    let got = client.recv(Duration::from_secs(5)).expect("the echo");
+    let msg = Message::parse(&got).unwrap();
+    assert_eq!(
+        msg.get(AttrType::DATA),
+        Some(Ok(Attr::Data(b"barrier".as_slice())))
+    );
+    assert!(
+        client.recv(Duration::from_millis(300)).is_none(),
+        "nothing reached the listener"
+    );
+}
+
+#[test]
+fn two_peers_one_denied_installs_nothing() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start(&args);
+    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    client.allocate();
+    // Permissions are per IP, so the peers need addresses of their own.
+    let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+    stranger.set_nonblocking(true).unwrap();
+    let allowed = stranger.local_addr().unwrap();
+    assert_eq!(
+        client.create_permission(&[allowed, sa("10.0.0.1:5000")]),
+        Err(403)
+    );
+    let barrier = UdpSocket::bind("127.0.0.3:0").unwrap();
+    client
+        .create_permission(&[barrier.local_addr().unwrap()])
+        .unwrap();
+    // Had `allowed` been installed, this would reach it...
+    client.send_indication(allowed, b"should not arrive");
+    // ...before this, which the server handles after it.
+    client.send_indication(barrier.local_addr().unwrap(), b"barrier");
+    barrier
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = barrier.recv_from(&mut buf).expect("the barrier arrives");
+    assert_eq!(&buf[..n], b"barrier");
+    assert!(
+        stranger.recv_from(&mut buf).is_err(),
+        "the denied request installed a permission"
+    );
+}
+
+/// A deterministic generator, so a failure names the datagram that caused
+/// it.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Every kind of malformed input of SECURITY.md §B, and random variations.
+fn malformed() -> Vec<Vec<u8>> {
+    let header = |typ: u16, len: u16| {
+        let mut v = typ.to_be_bytes().to_vec();
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&0x2112_A442u32.to_be_bytes());
+        v.extend_from_slice(&[1; 12]);
+        v
+    };
+    let mut out: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x00],
+        header(0x0001, 0)[..19].to_vec(),
+        {
+            let mut m = header(0x0001, 0);
+            m[4] = 0;
+            m
+        },
+        header(0x0003, 2),
+        header(0x0003, 400),
+        {
+            let mut m = header(0x0003, 8);
+            m.extend_from_slice(&[0x00, 0x19, 0x00, 0x40, 17, 0, 0, 0]);
+            m
+        },
+        {
+            let mut m = header(0x0003, 12);
+            m.extend_from_slice(&[0x00, 0x0D, 0x00, 0x04, 0xFF, 0xFF, 0xFF, 0xFF]);
+            m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+            m
+        },
+        // ChannelData whose length runs past the datagram, and the largest.
+        vec![0x40, 0x00, 0xFF, 0xFF, 1, 2, 3],
+        vec![0x7F, 0xFF, 0x00, 0x10],
+        // Oversized USERNAME, format-string and SQL in the text attributes.
+        {
+            let mut m = header(0x0003, 0);
+            let mut body = vec![0x00, 0x06, 0x02, 0x58];
+            body.extend(std::iter::repeat_n(b'%', 600));
+            body.extend_from_slice(&[0x00, 0x14, 0x00, 0x0C]);
+            body.extend_from_slice(b"'; DROP --  ");
+            m[2..4].copy_from_slice(&(body.len() as u16).to_be_bytes());
+            m.extend(body);
+            m
+        },
+        // RFC 3489 (no cookie), a response, an indication of another method.
+        vec![
+            0x00, 0x01, 0x00, 0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        ],
+        header(0x0101, 0),
+        header(0x0017, 0),
+    ];
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    for i in 0..400 {
+        let mut m = match i % 4 {
+            0 => {
+                let n = 1 + (rng.next() % 200) as usize;
+                rng.bytes(n)
+            }
+            1 => {
+                // A plausible header with random attributes.
+                let mut m = header(0x0003, 0);
+                let n = 4 * (rng.next() % 30) as usize;
+                let body = rng.bytes(n);
+                m[2..4].copy_from_slice(&(body.len() as u16).to_be_bytes());
+                m.extend(body);
+                m
+            }
+            2 => {
+                let mut m = vec![0x40 | (rng.next() as u8 & 0x3F), rng.next() as u8];
+                let n = (rng.next() % 64) as usize;
+                m.extend(rng.bytes(n));
+                m
+            }
+            _ => {
+                // A valid-looking request with one byte flipped.
+                let mut m = header(0x0009, 8);
+                m.extend_from_slice(&[0x00, 0x0C, 0x00, 0x04, 0x40, 0x00, 0, 0]);
+                let at = (rng.next() as usize) % m.len();
+                m[at] ^= 1 << (rng.next() % 8);
+                m
+            }
+        };
+        if m.is_empty() {
+            m.push(0);
+        }
+        out.push(m);
+    }
+    out
+}
+
+#[test]
+fn malformed_datagrams_neither_crash_nor_stall_the_server() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let mut server = ServerProcess::start(&args);
+    let peer = echo_peer(1000);
+    // An allocation exists, so the ChannelData paths are exercised too.
+    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    client.allocate();
+    client.channel_bind(0x4000, peer).unwrap();
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk = malformed();
+    for (i, m) in junk.iter().enumerate() {
+        attacker.send_to(m, server.addr).unwrap();
+        client.socket.send_to(m, server.addr).unwrap();
+        if i % 50 == 0 {
+            assert!(server.is_running(), "crashed after datagram {i}: {m:02x?}");
+        }
+    }
+    assert!(junk.len() >= 400);
+    // It still answers, and still relays for the client that sent junk.
+    let mut probe = TurnClient::new(server.addr, "", "");
+    let (tid, bytes) = probe.build(Method::BINDING, &[]);
+    assert!(
+        probe.exchange(tid, &bytes).is_some(),
+        "no answer after the junk"
+    );
+    client.send_channel(0x4000, b"still relaying");
+    let mut relayed = false;
+    while let Some(got) = client.recv(Duration::from_secs(3)) {
+        if got.get(4..) == Some(b"still relaying".as_slice()) {
+            relayed = true;
+            break;
+        }
+    }
+    assert!(relayed);
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn authentication_is_always_on() {
+    let server = ServerProcess::start(&loopback_args());
+    // No MESSAGE-INTEGRITY: 401 with a realm and a nonce, nothing allocated.
+    let mut anon = TurnClient::new(server.addr, "alice", "wonderland");
+    let (tid, bytes) = anon.build(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);
+    let r = anon.exchange(tid, &bytes).unwrap();
+    assert_eq!(r.code(), Some(401));
+    assert_eq!(r.msg().get(AttrType::REALM), Some(Ok(Attr::Realm(REALM))));
+    assert!(
+        matches!(r.msg().get(AttrType::NONCE), Some(Ok(Attr::Nonce(n))) if n.starts_with("obMatJos2"))
+    );
+    assert!(
+        r.msg().get(AttrType::SOFTWARE).is_none(),
+        "no SOFTWARE in answers to strangers"
+    );
+    // Wrong password: 401 again; unknown method: 400.
+    let mut wrong = TurnClient::new(server.addr, "alice", "not-the-password");
+    assert_eq!(
+        wrong
+            .request(Method::ALLOCATE, &[Attr::RequestedTransport(17)])
+            .code(),
+        Some(401)
+    );
+    let (tid, bytes) = anon.build(Method::new(0x0FF).unwrap(), &[]);
+    assert_eq!(anon.exchange(tid, &bytes).unwrap().code(), Some(400));
+    // REST credentials minted by the CLI work.
+    let out = std::process::Command::new(binary())
+        .args([
+            "credentials",
+            "--secret",
+            "a-rest-api-secret",
+            "--user",
+            "carol",
+            "--ttl",
+            "600",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut rest = TurnClient::new(
+        server.addr,
+        json["username"].as_str().unwrap(),
+        json["password"].as_str().unwrap(),
+    );
+    let relayed = rest.allocate();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+    let _ = MessageType::new(Method::ALLOCATE, Class::Request);
+}
