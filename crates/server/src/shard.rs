@@ -23,8 +23,10 @@ use turnpike_turn::{
 use crate::listener::Listener;
 use crate::relay::{PortPool, RelayInner, ReservedPort, UdpRelays};
 
-/// Datagrams taken from one socket per wake-up before yielding to others.
+/// Datagrams taken from a relay socket, and batches from a listener, per
+/// turn before the other sockets of the shard get theirs.
 const PEER_BATCH: usize = 64;
+const LISTENER_BATCHES: usize = 8;
 /// Receive buffer per datagram slot of a listener: large enough for a
 /// GRO-coalesced batch of segments.
 const RX_SLOT: usize = 64 * 1024;
@@ -130,7 +132,12 @@ async fn listen(shard: Weak<RefCell<Shard>>, listener: Rc<Listener>) {
             return;
         }
         let Some(shard) = shard.upgrade() else { return };
-        shard.borrow_mut().drain_listener(&listener);
+        let more = shard.borrow_mut().drain_listener(&listener);
+        drop(shard);
+        if more {
+            // Let the shard's other sockets have their turn.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -146,7 +153,11 @@ pub(crate) async fn relay_reader(
             return;
         }
         let Some(shard) = shard.upgrade() else { return };
-        shard.borrow_mut().drain_relay(&relay, id);
+        let more = shard.borrow_mut().drain_relay(&relay, id);
+        drop(shard);
+        if more {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -167,7 +178,9 @@ async fn tick(shard: Weak<RefCell<Shard>>) {
 }
 
 impl Shard {
-    fn drain_listener(&mut self, listener: &Listener) {
+    /// Handles what a listener has received, up to a bound; returns whether
+    /// more may be waiting.
+    fn drain_listener(&mut self, listener: &Listener) -> bool {
         let now = Instant::now();
         let Self {
             server,
@@ -177,14 +190,20 @@ impl Shard {
             send_errors,
             ..
         } = self;
-        loop {
+        let mut more = true;
+        for _ in 0..LISTENER_BATCHES {
             let mut chunks = rx.chunks_mut(RX_SLOT);
             let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             let count = match listener.recv(&mut slices, rx_meta) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
                 Err(e) => {
+                    // An ICMP error reported on the socket, say: the next
+                    // receive goes on.
                     debug!(error = %e, "receive failed");
                     break;
                 }
@@ -224,21 +243,24 @@ impl Shard {
             }
         }
         self.log_events();
+        more
     }
 
-    fn drain_relay(&mut self, relay: &RelayInner, id: AllocationId) {
+    /// Handles what a relay socket has received, up to a bound; returns
+    /// whether more may be waiting.
+    fn drain_relay(&mut self, relay: &RelayInner, id: AllocationId) -> bool {
         let now = Instant::now();
         let payload = PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_PAYLOAD;
         for _ in 0..PEER_BATCH {
             let Some(room) = self.peer_buf.get_mut(payload.clone()) else {
-                return;
+                return false;
             };
             let (len, from) = match relay.socket.try_recv_from(room) {
                 Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     debug!(error = %e, "relay receive failed");
-                    return;
+                    return true;
                 }
             };
             let Some(out) = self
@@ -258,6 +280,7 @@ impl Shard {
                 self.send_errors += 1;
             }
         }
+        true
     }
 
     /// One line per allocation created and ended.
