@@ -223,6 +223,28 @@ fn a_port_in_use_exits_1_with_the_address() {
 }
 
 #[test]
+fn a_second_server_cannot_join_the_port_of_the_first() {
+    let first = ServerProcess::start(&loopback_args());
+    let listen = format!("udp://{}", first.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "serve",
+        "--listen",
+        &listen,
+        "--user",
+        "a:b",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot listen on"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn help_documents_every_flag() {
     let out = run(&["serve", "--help"]);
     let help = String::from_utf8_lossy(&out.stdout);

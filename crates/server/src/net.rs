@@ -66,6 +66,17 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// `n` sockets sharing `addr` (SO_REUSEPORT), on a port no other socket
+/// holds. SO_REUSEPORT alone would let another process of the same user
+/// join a port already in use, and split its clients between two servers;
+/// a plain bind first proves the port free (and picks one for port 0).
+pub fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
+    let probe = bind_udp(addr, false)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..n.max(1)).map(|_| bind_udp(addr, true)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +95,15 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_group_never_joins_a_port_in_use() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        assert_eq!(group[1].local_addr().unwrap(), addr);
+        let err = bind_group(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]

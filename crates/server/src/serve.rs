@@ -93,16 +93,11 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let mut per_shard: Vec<Vec<std::net::UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
     let mut listening = Vec::new();
     for listen in &config.listen {
-        let first = net::bind_udp(listen.address, true)
+        let sockets = net::bind_group(listen.address, threads)
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let address = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..threads {
-            sockets.push(
-                net::bind_udp(address, true)
-                    .with_context(|| format!("cannot listen on {listen}"))?,
-            );
-        }
+        let address = sockets
+            .first()
+            .map_or(Ok(listen.address), |s| s.local_addr())?;
         for (shard, socket) in per_shard.iter_mut().zip(sockets) {
             shard.push(socket);
         }
