@@ -542,6 +542,13 @@ impl<'a> AlgorithmList<'a> {
         Ok(Self(wire))
     }
 
+    /// A list this program writes, from its wire form, unchecked: for
+    /// constants, whose form a test checks with [`AlgorithmList::new`].
+    #[must_use]
+    pub const fn from_static(wire: &'static [u8]) -> AlgorithmList<'static> {
+        AlgorithmList(wire)
+    }
+
     /// The list in wire form.
     #[must_use]
     pub const fn as_bytes(&self) -> &'a [u8] {
