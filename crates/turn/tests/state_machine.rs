@@ -264,6 +264,25 @@ fn allocation_expires_exactly_at_its_lifetime() {
 }
 
 #[test]
+fn an_expired_allocation_frees_its_five_tuple_before_the_sweep() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    h.skip(secs(600)); // no timer run
+    assert!(
+        is_success(&c.allocate(&mut h)),
+        "a new Allocate on the same 5-tuple"
+    );
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::AllocationEnded {
+            reason: EndReason::Expired,
+            ..
+        }
+    )));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
 fn refresh_extends_and_zero_deletes() {
     let mut h = Harness::new();
     let mut c = allocated(&mut h, "198.51.100.7:5000");

@@ -23,15 +23,23 @@ impl<R: Relays> Server<R> {
         out: &mut [u8],
     ) -> Result<usize, ErrorCode> {
         if let Some(&id) = self.by_tuple.get(tuple) {
-            // RFC 8656 §7.2: a retransmitted Allocate gets the same success;
-            // anything else on a 5-tuple in use is a mismatch.
-            let alloc = live(&self.slots, id, now).ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-            if alloc.transaction != msg.transaction_id() || *alloc.username != *auth.username {
-                return Err(ErrorCode::ALLOCATION_MISMATCH);
+            match live(&self.slots, id, now) {
+                // RFC 8656 §7.2: a retransmitted Allocate gets the same
+                // success; anything else on a 5-tuple in use is a mismatch.
+                Some(alloc) => {
+                    if alloc.transaction != msg.transaction_id()
+                        || *alloc.username != *auth.username
+                    {
+                        return Err(ErrorCode::ALLOCATION_MISMATCH);
+                    }
+                    let remaining = alloc.expires.saturating_duration_since(now);
+                    let (relayed, token) = (alloc.relayed, alloc.reservation_token);
+                    return self
+                        .allocate_success(msg, out, auth, tuple, relayed, remaining, token, None);
+                }
+                // Expired, not yet swept: the 5-tuple is free again.
+                None => self.remove(id, now, EndReason::Expired),
             }
-            let remaining = alloc.expires.saturating_duration_since(now);
-            let (relayed, token) = (alloc.relayed, alloc.reservation_token);
-            return self.allocate_success(msg, out, auth, tuple, relayed, remaining, token, None);
         }
 
         match msg.get(AttrType::REQUESTED_TRANSPORT) {

@@ -418,8 +418,6 @@ impl<R: Relays> Server<R> {
         len: usize,
     ) -> Option<PeerOutput> {
         let peer = self.as_advertised(from);
-        let mut tid = TransactionId::default();
-        self.rng.fill_bytes(&mut tid.0);
         let alloc = live_mut(&mut self.slots, id, now)?;
         if !alloc.permits(peer.ip(), now) {
             self.stats.peer_dropped += 1;
@@ -441,6 +439,8 @@ impl<R: Relays> Server<R> {
             start..end
         } else {
             let start = PEER_HEADROOM - data_indication_prefix(&peer);
+            let mut tid = TransactionId::default();
+            self.rng.fill_bytes(&mut tid.0);
             let typ = MessageType::new(Method::DATA, Class::Indication);
             let mut w = MessageWriter::new(buf.get_mut(start..)?, typ, tid).ok()?;
             w.add(&Attr::XorPeerAddress(peer)).ok()?;
