@@ -307,17 +307,6 @@ pub struct Overrides {
     pub threads: Option<usize>,
 }
 
-/// The limits section, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub allocations: usize,
-    pub allocations_per_user: usize,
-    pub permissions_per_allocation: usize,
-    pub channels_per_allocation: usize,
-    pub unauthenticated_per_second: u32,
-    pub unauthenticated_burst: u32,
-}
-
 /// The validated configuration. Values that depend on the host (the
 /// hostname, the relay address) are resolved when serving starts.
 #[derive(Debug, Clone)]
@@ -335,7 +324,7 @@ pub struct Config {
     pub nonce_lifetime: u64,
     pub allow_peers: Vec<IpNet>,
     pub deny_peers: Vec<IpNet>,
-    pub limits: Limits,
+    pub limits: turnpike_turn::Limits,
 }
 
 impl Config {
@@ -474,7 +463,7 @@ impl Config {
             None => Ok(default),
         };
         let l = &file.limits;
-        let limits = Limits {
+        let limits = turnpike_turn::Limits {
             allocations: positive(&l.allocations, "limits.allocations", defaults.allocations)?,
             allocations_per_user: positive(
                 &l.allocations_per_user,

@@ -123,7 +123,6 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         relay_ips: vec![relay.bound, relay.advertised],
         relay_ports: config.relay_ports.first..=config.relay_ports.last,
     });
-    let limits = &config.limits;
     let turn_config = turnpike_turn::Config {
         realm: realm.clone(),
         software: None,
@@ -132,14 +131,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
             nonce: std::time::Duration::from_secs(config.nonce_lifetime),
             ..Lifetimes::default()
         },
-        limits: turnpike_turn::Limits {
-            allocations: limits.allocations,
-            allocations_per_user: limits.allocations_per_user,
-            permissions_per_allocation: limits.permissions_per_allocation,
-            channels_per_allocation: limits.channels_per_allocation,
-            unauthenticated_per_second: limits.unauthenticated_per_second,
-            unauthenticated_burst: limits.unauthenticated_burst,
-        },
+        limits: config.limits,
         policy,
     };
     let credentials = Credentials::new(
