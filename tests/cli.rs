@@ -107,6 +107,13 @@ fn credentials_prints_the_documented_json() {
         "turn:turn.example.com:3478",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The documented shape, in the documented order.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let order: Vec<usize> = ["\"username\":", "\"password\":", "\"ttl\":", "\"uris\":"]
+        .iter()
+        .map(|k| text.find(k).unwrap())
+        .collect();
+    assert!(order.is_sorted(), "{text}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let username = json["username"].as_str().unwrap();
     let (expiry, user) = username.split_once(':').unwrap();
