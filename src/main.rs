@@ -1,7 +1,7 @@
 //! `turnpike`: a STUN/TURN relay for real-time audio and video.
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,7 +42,7 @@ enum Command {
     /// With no arguments: UDP on 0.0.0.0:3478, the realm from the host
     /// name, relays on the address of the default route, and a REST secret
     /// generated and kept in ./turnpike-data. Flags override the file.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print ephemeral TURN REST API credentials as JSON.
     ///
     /// The user name is "<expiry>:<user>"; the password is
@@ -89,6 +89,20 @@ struct ServeArgs {
     /// Shards, one thread each (replaces `threads`; default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The name clients reach the server by, for credential URLs and the
+    /// generated certificate (replaces `hostname`; default: the advertised address).
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// A plain-HTTP listener for /healthz, /metrics and the credentials API
+    /// (replaces `http.address`).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    http_address: Option<SocketAddr>,
+    /// A bearer key for POST /api/v1/credentials (repeatable; replaces `http.api_keys`).
+    #[arg(long, value_name = "KEY")]
+    api_key: Vec<String>,
+    /// Relay over TCP to peers (RFC 6062; replaces `relay.tcp`).
+    #[arg(long)]
+    relay_tcp: bool,
     /// Log level (default info). TURNPIKE_LOG takes fuller filters, e.g.
     /// TURNPIKE_LOG=info,turnpike_server=debug.
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -121,7 +135,7 @@ struct CredentialsArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Credentials(args) => credentials(&args),
     }
 }
@@ -143,6 +157,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         deny_peers: args.deny_peer,
         state_dir: args.state_dir,
         threads: args.threads,
+        hostname: args.hostname,
+        http_address: args.http_address,
+        api_keys: args.api_key,
+        relay_tcp: args.relay_tcp.then_some(true),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -159,7 +177,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     print_banner(&running, &config);
-    let signal = wait_for_signal();
+    let signal = wait_for_signals(&running);
     tracing::info!(signal, "stopping");
     running.stop();
     ExitCode::SUCCESS
@@ -177,7 +195,11 @@ fn print_banner(running: &turnpike_server::Running, config: &Config) {
         running.threads
     );
     for l in &running.listening {
-        let _ = writeln!(out, "listening: {} {}", l.transport, l.address);
+        let http = if l.http { " (and HTTP)" } else { "" };
+        let _ = writeln!(out, "listening: {} {}{http}", l.transport, l.address);
+    }
+    if let Some(http) = running.http_address {
+        let _ = writeln!(out, "listening: http {http}");
     }
     let relay = &running.relay;
     if relay.advertised == relay.bound {
@@ -271,8 +293,9 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM; returns which.
-fn wait_for_signal() -> &'static str {
+/// Blocks until SIGINT or SIGTERM, and returns which; on SIGHUP, reloads
+/// the certificates and goes on.
+fn wait_for_signals(running: &turnpike_server::Running) -> &'static str {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -282,15 +305,19 @@ fn wait_for_signal() -> &'static str {
     };
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             return "none";
         };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        loop {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "SIGINT",
+                _ = hup.recv() => running.reload_certificates(),
+            }
         }
     })
 }

@@ -194,7 +194,8 @@ fn a_bad_configuration_stops_before_binding_with_file_line_and_key() {
 fn bad_flags_exit_2() {
     for args in [
         vec!["serve", "--relay-ports", "9-1"],
-        vec!["serve", "--listen", "tcp://127.0.0.1:1"],
+        vec!["serve", "--listen", "sctp://127.0.0.1:1"],
+        vec!["serve", "--listen", "udp://127.0.0.1:1?http=true"],
         vec!["serve", "--user", "nopassword"],
         vec!["serve", "--allow-peer", "10.0.0.0/33"],
         vec!["serve", "--realm", ""],

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
@@ -54,6 +55,25 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenTransport {
     Udp,
+    Tcp,
+    Tls,
+}
+
+impl ListenTransport {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// Whether the listener accepts connections (TCP or TLS).
+    #[must_use]
+    pub const fn is_stream(self) -> bool {
+        !matches!(self, Self::Udp)
+    }
 }
 
 impl FromStr for ListenTransport {
@@ -62,46 +82,104 @@ impl FromStr for ListenTransport {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "udp" => Ok(Self::Udp),
-            "tcp" | "tls" => Err(format!(
-                "transport \"{s}\" is not supported yet; use \"udp\""
+            "tcp" => Ok(Self::Tcp),
+            "tls" => Ok(Self::Tls),
+            _ => Err(format!(
+                "unknown transport \"{s}\"; expected \"udp\", \"tcp\" or \"tls\""
             )),
-            _ => Err(format!("unknown transport \"{s}\"; expected \"udp\"")),
         }
     }
 }
 
 impl fmt::Display for ListenTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("udp")
+        f.write_str(self.as_str())
     }
 }
 
-/// A listening address with its transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A listening address with its transport, and what else it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     pub transport: ListenTransport,
     pub address: SocketAddr,
+    /// HTTP (and HTTPS on TLS) on the same port as TURN.
+    pub http: bool,
+    /// PEM certificate chain and private key for TLS; a self-signed pair in
+    /// the state directory when absent.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Listen {
+    /// A listener with nothing but a transport and an address.
+    #[must_use]
+    pub const fn plain(transport: ListenTransport, address: SocketAddr) -> Self {
+        Self {
+            transport,
+            address,
+            http: false,
+            cert: None,
+            key: None,
+        }
+    }
+
+    /// The rules that tie a listener's settings together.
+    fn check(&self) -> Result<(), String> {
+        if self.http && !self.transport.is_stream() {
+            return Err("http = true needs transport \"tcp\" or \"tls\"".to_owned());
+        }
+        if self.transport != ListenTransport::Tls && (self.cert.is_some() || self.key.is_some()) {
+            return Err("cert and key belong to transport \"tls\"".to_owned());
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                Err("cert and key go together: give both or neither".to_owned())
+            }
+            (Some(cert), Some(key)) => crate::tls::load_pair(cert, key).map(|_| ()),
+            (None, None) => Ok(()),
+        }
+    }
 }
 
 impl FromStr for Listen {
     type Err = String;
 
-    /// `udp://127.0.0.1:3478`, `udp://[::1]:3478`.
+    /// `udp://127.0.0.1:3478`, `tcp://[::]:3478`,
+    /// `tls://0.0.0.0:443?http=true&cert=/etc/turn.pem&key=/etc/turn.key`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("\"{s}\" is not of the form udp://ADDRESS:PORT"))?;
+        let form = || {
+            format!(
+                "\"{s}\" is not of the form udp|tcp|tls://ADDRESS:PORT[?http=true&cert=PATH&key=PATH]"
+            )
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(form)?;
+        let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
         let transport = scheme.parse()?;
-        let address = rest.parse().map_err(|_| {
-            format!("\"{rest}\" is not an IP address and port (use [..] around IPv6)")
+        let address = address.parse().map_err(|_| {
+            format!("\"{address}\" is not an IP address and port (use [..] around IPv6)")
         })?;
-        Ok(Self { transport, address })
+        let mut listen = Self::plain(transport, address);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=').ok_or_else(form)? {
+                ("http", "true") => listen.http = true,
+                ("http", "false") => listen.http = false,
+                ("cert", path) => listen.cert = Some(PathBuf::from(path)),
+                ("key", path) => listen.key = Some(PathBuf::from(path)),
+                _ => return Err(form()),
+            }
+        }
+        listen.check()?;
+        Ok(listen)
     }
 }
 
 impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.transport, self.address)
+        write!(f, "{}://{}", self.transport, self.address)?;
+        if self.http {
+            f.write_str(" (and HTTP)")?;
+        }
+        Ok(())
     }
 }
 
@@ -230,6 +308,7 @@ where
 #[serde(deny_unknown_fields)]
 struct File {
     realm: Option<toml::Spanned<String>>,
+    hostname: Option<toml::Spanned<String>>,
     state_dir: Option<PathBuf>,
     threads: Option<toml::Spanned<usize>>,
     #[serde(default)]
@@ -242,6 +321,8 @@ struct File {
     peers: PeersSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    http: HttpSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +331,10 @@ struct ListenEntry {
     #[serde(deserialize_with = "from_str")]
     transport: ListenTransport,
     address: SocketAddr,
+    #[serde(default)]
+    http: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +344,17 @@ struct RelaySection {
     #[serde(default, deserialize_with = "opt")]
     ports: Option<PortRange>,
     advertised: Option<toml::Spanned<IpAddr>>,
+    #[serde(default)]
+    tcp: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    address: Option<SocketAddr>,
+    #[serde(default)]
+    api_keys: Vec<toml::Spanned<String>>,
+    credential_ttl: Option<toml::Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +385,9 @@ struct LimitsSection {
     channels_per_allocation: Option<toml::Spanned<usize>>,
     unauthenticated_per_second: Option<u32>,
     unauthenticated_burst: Option<toml::Spanned<u32>>,
+    connections: Option<toml::Spanned<usize>>,
+    handshake_timeout: Option<toml::Spanned<u64>>,
+    idle_timeout: Option<toml::Spanned<u64>>,
 }
 
 /// Values from the command line; each replaces the file's.
@@ -305,6 +404,43 @@ pub struct Overrides {
     pub deny_peers: Vec<IpNet>,
     pub state_dir: Option<PathBuf>,
     pub threads: Option<usize>,
+    pub hostname: Option<String>,
+    pub http_address: Option<SocketAddr>,
+    pub api_keys: Vec<String>,
+    pub relay_tcp: Option<bool>,
+}
+
+/// Limits on TCP and TLS connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Connections open at once, across listeners; more are refused.
+    pub connections: usize,
+    /// Time a new connection has to finish its TLS handshake and send its
+    /// first message (half-open connections end here).
+    pub handshake_timeout: Duration,
+    /// Time a connection without an allocation may stay silent.
+    pub idle_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The HTTP side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    /// A plain-HTTP listener of its own, besides listeners with `http`.
+    pub address: Option<SocketAddr>,
+    /// Bearer keys for the credentials API; without any, it is off.
+    pub api_keys: Vec<String>,
+    /// Lifetime of the credentials the API hands out, in seconds.
+    pub credential_ttl: u64,
 }
 
 /// The validated configuration. Values that depend on the host (the
@@ -312,6 +448,9 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub realm: Option<String>,
+    /// The name clients reach the server by: in credential URLs and the
+    /// self-signed certificate. Default: the advertised relay address.
+    pub hostname: Option<String>,
     pub state_dir: PathBuf,
     /// Shards; `None` means one per CPU.
     pub threads: Option<usize>,
@@ -325,6 +464,10 @@ pub struct Config {
     pub allow_peers: Vec<IpNet>,
     pub deny_peers: Vec<IpNet>,
     pub limits: turnpike_turn::Limits,
+    pub streams: StreamLimits,
+    pub http: Http,
+    /// RFC 6062 TCP relaying.
+    pub relay_tcp: bool,
 }
 
 impl Config {
@@ -362,23 +505,46 @@ impl Config {
         } else if !file.listen.is_empty() {
             file.listen
                 .iter()
-                .map(|l| Listen {
-                    transport: l.get_ref().transport,
-                    address: l.get_ref().address,
+                .map(|l| {
+                    let e = l.get_ref();
+                    let listen = Listen {
+                        transport: e.transport,
+                        address: e.address,
+                        http: e.http,
+                        cert: e.cert.clone(),
+                        key: e.key.clone(),
+                    };
+                    listen
+                        .check()
+                        .map(|()| listen)
+                        .map_err(|m| Located::at(l, "listen", m))
                 })
-                .collect()
+                .collect::<Result<_, _>>()?
         } else {
-            vec![Listen {
-                transport: ListenTransport::Udp,
-                address: DEFAULT_LISTEN
+            vec![Listen::plain(
+                ListenTransport::Udp,
+                DEFAULT_LISTEN
                     .parse()
                     .map_err(|_| Located::plain("listen", "bad default"))?,
-            }]
+            )]
         };
         for (i, l) in listen.iter().enumerate() {
-            if listen.iter().skip(i + 1).any(|other| other == l) {
+            // UDP and TCP may share a port; TCP and TLS may not.
+            let clash = listen.iter().skip(i + 1).any(|other| {
+                other.address == l.address && other.transport.is_stream() == l.transport.is_stream()
+            });
+            if clash {
                 let at = file.listen.get(i).map(|s| s.span());
-                return Err(Located::span(at, "listen", format!("{l} is listed twice")));
+                let what = if l.transport.is_stream() {
+                    "TCP"
+                } else {
+                    "UDP"
+                };
+                return Err(Located::span(
+                    at,
+                    "listen",
+                    format!("{} is listed twice for {what}", l.address),
+                ));
             }
         }
 
@@ -496,8 +662,77 @@ impl Config {
             },
         };
 
+        let hostname = match (&o.hostname, &file.hostname) {
+            (Some(h), _) => Some(check_hostname(h).map_err(|m| Located::flag("--hostname", m))?),
+            (None, Some(h)) => {
+                Some(check_hostname(h.get_ref()).map_err(|m| Located::at(h, "hostname", m))?)
+            }
+            (None, None) => None,
+        };
+        let api_keys = if o.api_keys.is_empty() {
+            file.http
+                .api_keys
+                .iter()
+                .map(|k| {
+                    check_api_key(k.get_ref())
+                        .map(|()| k.get_ref().clone())
+                        .map_err(|m| Located::at(k, "http.api_keys", m))
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            for k in &o.api_keys {
+                check_api_key(k).map_err(|m| Located::flag("--api-key", m))?;
+            }
+            o.api_keys.clone()
+        };
+        let credential_ttl = match &file.http.credential_ttl {
+            Some(t) if !(60..=31_536_000).contains(t.get_ref()) => {
+                return Err(Located::at(
+                    t,
+                    "http.credential_ttl",
+                    "must be between 60 seconds and a year",
+                ));
+            }
+            Some(t) => *t.get_ref(),
+            None => 86_400,
+        };
+        let http = Http {
+            address: o.http_address.or(file.http.address),
+            api_keys,
+            credential_ttl,
+        };
+        let stream_defaults = StreamLimits::default();
+        let seconds = |v: &Option<toml::Spanned<u64>>, key: &str, default: Duration| match v {
+            Some(s) if !(1..=86_400).contains(s.get_ref()) => {
+                Err(Located::at(s, key, "must be between 1 and 86400 seconds"))
+            }
+            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
+            None => Ok(default),
+        };
+        let streams = StreamLimits {
+            connections: positive(
+                &l.connections,
+                "limits.connections",
+                stream_defaults.connections,
+            )?,
+            handshake_timeout: seconds(
+                &l.handshake_timeout,
+                "limits.handshake_timeout",
+                stream_defaults.handshake_timeout,
+            )?,
+            idle_timeout: seconds(
+                &l.idle_timeout,
+                "limits.idle_timeout",
+                stream_defaults.idle_timeout,
+            )?,
+        };
+
         Ok(Self {
             realm,
+            hostname,
+            streams,
+            http,
+            relay_tcp: o.relay_tcp.unwrap_or(file.relay.tcp),
             state_dir: o
                 .state_dir
                 .clone()
@@ -538,6 +773,34 @@ fn check_realm(realm: &str) -> Result<String, String> {
         return Err("must not contain control characters, quotes or backslashes".to_owned());
     }
     Ok(realm.to_owned())
+}
+
+/// A DNS name (RFC 1123 labels) or an IP address.
+fn check_hostname(name: &str) -> Result<String, String> {
+    let name = name.trim_end_matches('.');
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(name.to_owned());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!("\"{name}\" is not a host name or an IP address"))
+    }
+}
+
+fn check_api_key(key: &str) -> Result<(), String> {
+    if key.len() < 16 || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Err("an API key must be at least 16 characters, without spaces".to_owned())
+    } else {
+        Ok(())
+    }
 }
 
 fn check_relay_address(ip: IpAddr) -> Result<IpAddr, String> {
@@ -758,8 +1021,40 @@ deny = []
                 "turnpike.toml:2: peers.allow: invalid CIDR",
             ),
             (
-                "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:1\"\n",
-                "turnpike.toml:2: listen[0].transport: transport \"tcp\" is not supported yet",
+                "[[listen]]\ntransport = \"sctp\"\naddress = \"127.0.0.1:1\"\n",
+                "turnpike.toml:2: listen[0].transport: unknown transport \"sctp\"",
+            ),
+            (
+                "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\nhttp = true\n",
+                "turnpike.toml:1: listen: http = true needs transport \"tcp\" or \"tls\"",
+            ),
+            (
+                "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:1\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+                "turnpike.toml:1: listen: cert and key belong to transport \"tls\"",
+            ),
+            (
+                "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:1\"\ncert = \"c.pem\"\n",
+                "turnpike.toml:1: listen: cert and key go together",
+            ),
+            (
+                "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:1\"\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+                "turnpike.toml:1: listen: /nonexistent/c.pem: ",
+            ),
+            (
+                "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:1\"\n[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:1\"\n",
+                "listen: 127.0.0.1:1 is listed twice for TCP",
+            ),
+            (
+                "hostname = \"not a host!\"\n",
+                "turnpike.toml:1: hostname: \"not a host!\" is not a host name or an IP address",
+            ),
+            (
+                "[http]\napi_keys = [\"short\"]\n",
+                "turnpike.toml:2: http.api_keys: an API key must be at least 16 characters",
+            ),
+            (
+                "[limits]\nidle_timeout = 0\n",
+                "turnpike.toml:2: limits.idle_timeout: must be between 1 and 86400 seconds",
             ),
             (
                 "[relay]\naddress = \"0.0.0.0\"\n",
@@ -788,7 +1083,7 @@ deny = []
             ("realm = \n", "turnpike.toml:1: "),
             (
                 "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\n",
-                "listen: udp://127.0.0.1:1 is listed twice",
+                "turnpike.toml:1: listen: 127.0.0.1:1 is listed twice for UDP",
             ),
         ];
         for (text, want) in cases {
@@ -798,6 +1093,12 @@ deny = []
                 "for {text:?}\n got: {err}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn udp_and_tcp_share_a_port() {
+        let c = load("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:3478\"\n[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:3478\"\n").unwrap();
+        assert_eq!(c.listen.len(), 2);
     }
 
     #[test]
@@ -835,7 +1136,17 @@ deny = []
     #[test]
     fn flag_values_parse() {
         assert!("udp://[::1]:3478".parse::<Listen>().is_ok());
-        assert!("tcp://127.0.0.1:1".parse::<Listen>().is_err());
+        assert!("tcp://127.0.0.1:1".parse::<Listen>().is_ok());
+        let shared: Listen = "tcp://0.0.0.0:443?http=true".parse().unwrap();
+        assert!(shared.http && shared.transport == ListenTransport::Tcp);
+        assert!("udp://127.0.0.1:1?http=true".parse::<Listen>().is_err());
+        assert!(
+            "tls://127.0.0.1:1?cert=/nonexistent"
+                .parse::<Listen>()
+                .is_err()
+        );
+        assert!("tls://127.0.0.1:1?bogus=1".parse::<Listen>().is_err());
+        assert!("sctp://127.0.0.1:1".parse::<Listen>().is_err());
         assert!("127.0.0.1:1".parse::<Listen>().is_err());
         assert!("1-65535".parse::<PortRange>().is_ok());
         assert!("0-10".parse::<PortRange>().is_err());

@@ -14,13 +14,16 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod http;
 mod listener;
 pub mod net;
 mod relay;
 pub mod serve;
 mod shard;
 pub mod state;
+mod stream;
 mod sys;
+pub mod tls;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use serve::{Running, start};

@@ -1,7 +1,7 @@
 //! What the server learns about the host, and how it opens UDP sockets.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -77,6 +77,36 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
     (0..n.max(1)).map(|_| bind_udp(addr, true)).collect()
 }
 
+/// `n` TCP listeners sharing `addr` (SO_REUSEPORT, so the kernel spreads
+/// connections over the shards), on a port no other socket listens on.
+pub fn bind_tcp_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    let bind = |addr: SocketAddr, reuse_port: bool| -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // Restarts must not wait out TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    let probe = bind(addr, false)?;
+    let addr = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or(io::ErrorKind::InvalidInput)?;
+    drop(probe);
+    (0..n.max(1))
+        .map(|_| {
+            let socket = bind(addr, true)?;
+            socket.listen(1024)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +134,17 @@ mod tests {
         assert_eq!(group[1].local_addr().unwrap(), addr);
         let err = bind_group(addr, 2).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_tcp_group_never_joins_a_port_in_use() {
+        let group = bind_tcp_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        assert_eq!(group[1].local_addr().unwrap(), addr);
+        assert_eq!(
+            bind_tcp_group(addr, 2).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
     }
 
     #[test]

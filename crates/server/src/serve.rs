@@ -3,22 +3,30 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use rand::Rng as _;
 use tokio::sync::watch;
-use tracing::warn;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
 use turnpike_turn::auth::Credentials;
 use turnpike_turn::policy::{PeerPolicy, PolicyConfig};
 use turnpike_turn::{Lifetimes, RelayIp, Shared};
 
-use crate::config::{Config, Listen, PortRange};
+use crate::config::{Config, Listen, ListenTransport, PortRange};
+use crate::http::{self, HttpState, Minter, Reports};
 use crate::relay::PortPool;
 use crate::shard::{self, ShardSetup};
+use crate::stream::StreamListener;
+use crate::tls::{self, CertStore, Source};
 use crate::{net, state};
+
+/// How often certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// Where the REST secret came from, when none was configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,24 +42,45 @@ pub enum GeneratedSecret {
 pub struct Running {
     /// The listeners, with the ports the system chose for port 0.
     pub listening: Vec<Listen>,
+    /// The plain-HTTP listener of `[http] address`, if any.
+    pub http_address: Option<SocketAddr>,
     pub realm: String,
+    /// The name clients reach the server by.
+    pub hostname: String,
     /// The address relays are bound on, and the one advertised for it.
     pub relay: RelayIp,
     pub relay_ports: PortRange,
     pub threads: usize,
     /// Set when no users or secrets were configured.
     pub generated_secret: Option<GeneratedSecret>,
+    /// The TURN URLs clients use, as the credentials API gives them.
+    pub urls: Vec<String>,
+    certificates: Vec<Arc<CertStore>>,
     shutdown: watch::Sender<bool>,
-    shards: Vec<JoinHandle<()>>,
+    watcher_stop: mpsc::Sender<()>,
+    threads_running: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Ends every allocation, logs each, and waits for the shards.
+    /// Reads every certificate again (SIGHUP): new handshakes get the new
+    /// one; established sessions keep theirs. A pair that fails to load
+    /// leaves the current one in place.
+    pub fn reload_certificates(&self) {
+        for store in &self.certificates {
+            match store.reload(true) {
+                Ok(_) => info!(source = ?store.source(), "certificate reloaded"),
+                Err(e) => warn!(error = %e, "certificate not reloaded; the current one stays"),
+            }
+        }
+    }
+
+    /// Ends every allocation, logs each, and waits for the threads.
     pub fn stop(self) {
         let _ = self.shutdown.send(true);
-        for shard in self.shards {
-            if shard.join().is_err() {
-                warn!("a shard panicked");
+        let _ = self.watcher_stop.send(());
+        for thread in self.threads_running {
+            if thread.join().is_err() {
+                warn!("a server thread panicked");
             }
         }
     }
@@ -69,6 +98,10 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         bound: relay_ip,
         advertised: config.advertised.unwrap_or(relay_ip),
     };
+    let hostname = config
+        .hostname
+        .clone()
+        .unwrap_or_else(|| relay.advertised.to_string());
 
     let (secrets, generated_secret) = if config.users.is_empty() && config.secrets.is_empty() {
         let (secret, created) =
@@ -89,24 +122,116 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         (config.secrets.clone(), None)
     };
 
-    // One socket per listener per shard, all on the same address.
-    let mut per_shard: Vec<Vec<std::net::UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
+    // Sockets: one per listener per shard, all on the same address.
+    let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut tcp: Vec<Vec<(std::net::TcpListener, usize)>> =
+        (0..threads).map(|_| Vec::new()).collect();
     let mut listening = Vec::new();
-    for listen in &config.listen {
-        let sockets = net::bind_group(listen.address, threads)
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let address = sockets
-            .first()
-            .map_or(Ok(listen.address), |s| s.local_addr())?;
-        for (shard, socket) in per_shard.iter_mut().zip(sockets) {
-            shard.push(socket);
-        }
+    for (i, listen) in config.listen.iter().enumerate() {
+        let context = || format!("cannot listen on {listen}");
+        let address = if listen.transport.is_stream() {
+            let group = net::bind_tcp_group(listen.address, threads).with_context(context)?;
+            let address = group
+                .first()
+                .map_or(Ok(listen.address), |s| s.local_addr())?;
+            tcp.iter_mut()
+                .zip(group)
+                .for_each(|(shard, socket)| shard.push((socket, i)));
+            address
+        } else {
+            let group = net::bind_group(listen.address, threads).with_context(context)?;
+            let address = group
+                .first()
+                .map_or(Ok(listen.address), |s| s.local_addr())?;
+            udp.iter_mut()
+                .zip(group)
+                .for_each(|(shard, socket)| shard.push(socket));
+            address
+        };
         listening.push(Listen {
-            transport: listen.transport,
             address,
+            ..listen.clone()
         });
     }
+    let http_listener = config
+        .http
+        .address
+        .map(|a| {
+            std::net::TcpListener::bind(a).with_context(|| format!("cannot listen for HTTP on {a}"))
+        })
+        .transpose()?;
+    let http_address = http_listener
+        .as_ref()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
 
+    // TLS: every TLS listener, and every TCP listener shared with HTTP
+    // (where a client may start a handshake), presents a certificate.
+    let mut certificates: Vec<Arc<CertStore>> = Vec::new();
+    let mut generated: Option<Arc<CertStore>> = None;
+    let mut acceptors = Vec::new();
+    for listen in &listening {
+        let needs_tls = listen.transport == ListenTransport::Tls
+            || (listen.transport == ListenTransport::Tcp && listen.http);
+        if !needs_tls {
+            acceptors.push(None);
+            continue;
+        }
+        let store = match (&listen.cert, &listen.key) {
+            (Some(cert), Some(key)) => {
+                let source = Source::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                match certificates.iter().find(|s| *s.source() == source) {
+                    Some(store) => Arc::clone(store),
+                    None => {
+                        let store = CertStore::new(source).map_err(|e| anyhow!(e))?;
+                        certificates.push(Arc::clone(&store));
+                        store
+                    }
+                }
+            }
+            _ => match &generated {
+                Some(store) => Arc::clone(store),
+                None => {
+                    state::ensure_dir(&config.state_dir)
+                        .with_context(|| format!("cannot use {}", config.state_dir.display()))?;
+                    let names = certificate_names(&hostname, &relay);
+                    let source =
+                        tls::generated(&config.state_dir, &names).map_err(|e| anyhow!(e))?;
+                    let store = CertStore::new(source).map_err(|e| anyhow!(e))?;
+                    certificates.push(Arc::clone(&store));
+                    generated = Some(Arc::clone(&store));
+                    store
+                }
+            },
+        };
+        let tls_config = tls::server_config(store, listen.http).map_err(|e| anyhow!(e))?;
+        acceptors.push(Some(TlsAcceptor::from(tls_config)));
+    }
+
+    // The HTTP side.
+    let urls = turn_urls(&listening, &hostname);
+    let reports = Arc::new(Reports::new(threads));
+    let minter = match (config.http.api_keys.is_empty(), secrets.first()) {
+        (false, Some(secret)) => Some(Minter {
+            secret: secret.clone(),
+            urls: urls.clone(),
+            ttl: config.http.credential_ttl,
+            api_keys: config.http.api_keys.clone(),
+        }),
+        (false, None) => {
+            bail!("[http] api_keys needs a REST secret to mint credentials with (auth.secrets)")
+        }
+        (true, _) => None,
+    };
+    let router = http::router(Arc::new(HttpState {
+        reports: Arc::clone(&reports),
+        minter,
+    }));
+
+    // The peer policy: the server's own sockets are never peers.
     let mut own_ips = interfaces;
     own_ips.extend([relay.bound, relay.advertised]);
     own_ips.extend(
@@ -115,11 +240,13 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
             .map(|l| l.address.ip())
             .filter(|ip| !ip.is_unspecified()),
     );
+    let mut own_sockets: Vec<SocketAddr> = listening.iter().map(|l| l.address).collect();
+    own_sockets.extend(http_address);
     let policy = PeerPolicy::new(PolicyConfig {
         allow: config.allow_peers.clone(),
         deny: config.deny_peers.clone(),
         own_ips,
-        listeners: listening.iter().map(|l| l.address).collect(),
+        listeners: own_sockets,
         relay_ips: vec![relay.bound, relay.advertised],
         relay_ports: config.relay_ports.first..=config.relay_ports.last,
     });
@@ -128,7 +255,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         software: None,
         relay_ips: vec![relay],
         lifetimes: Lifetimes {
-            nonce: std::time::Duration::from_secs(config.nonce_lifetime),
+            nonce: Duration::from_secs(config.nonce_lifetime),
             ..Lifetimes::default()
         },
         limits: config.limits,
@@ -152,31 +279,122 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         Instant::now(),
     ));
     let pool = Arc::new(Mutex::new(PortPool::new(config.relay_ports)));
+    let open_connections = Arc::new(AtomicUsize::new(0));
 
     let (shutdown, watcher) = watch::channel(false);
-    let mut shards = Vec::with_capacity(threads);
-    for (index, listeners) in per_shard.into_iter().enumerate() {
+    let mut threads_running = Vec::with_capacity(threads + 2);
+    for (index, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
+        let stream_listeners = tcp
+            .into_iter()
+            .map(|(socket, i)| {
+                let listen = listening.get(i);
+                let serves = StreamListener {
+                    tls_only: listen.is_some_and(|l| l.transport == ListenTransport::Tls),
+                    acceptor: acceptors.get(i).cloned().flatten(),
+                    http: listen.is_some_and(|l| l.http),
+                    router: listen.filter(|l| l.http).map(|_| router.clone()),
+                    limits: config.streams,
+                    open: Arc::clone(&open_connections),
+                };
+                (socket, serves)
+            })
+            .collect();
         let setup = ShardSetup {
             index,
             shared: Arc::clone(&shared),
             relay_ips: vec![relay.bound],
             pool: Arc::clone(&pool),
-            listeners,
+            listeners: udp,
+            stream_listeners,
+            reports: Arc::clone(&reports),
             seed: random(),
             shutdown: watcher.clone(),
         };
-        shards.push(shard::spawn(setup).context("cannot start a shard thread")?);
+        threads_running.push(shard::spawn(setup).context("cannot start a shard thread")?);
     }
+    if let Some(listener) = http_listener {
+        threads_running.push(
+            http::spawn_plain(listener, router, watcher).context("cannot start the HTTP thread")?,
+        );
+    }
+    let (watcher_stop, stop) = mpsc::channel();
+    threads_running.push(watch_certificates(certificates.clone(), stop)?);
+
     Ok(Running {
         listening,
+        http_address,
         realm,
+        hostname,
         relay,
         relay_ports: config.relay_ports,
         threads,
         generated_secret,
+        urls,
+        certificates,
         shutdown,
-        shards,
+        watcher_stop,
+        threads_running,
     })
+}
+
+/// Reloads certificate files when they change, until told to stop.
+fn watch_certificates(
+    stores: Vec<Arc<CertStore>>,
+    stop: mpsc::Receiver<()>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let files: Vec<Arc<CertStore>> = stores
+        .into_iter()
+        .filter(|s| matches!(s.source(), Source::Files { .. }))
+        .collect();
+    std::thread::Builder::new()
+        .name("certificates".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CERT_POLL) {
+                for store in &files {
+                    match store.reload(false) {
+                        Ok(true) => info!(source = ?store.source(), "certificate files changed; reloaded"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "certificate files changed but do not load; the current one stays"),
+                    }
+                }
+            }
+        })
+        .context("cannot start the certificate watcher")
+}
+
+/// The TURN URLs for the listeners (RFC 7065), as browsers take them.
+fn turn_urls(listening: &[Listen], hostname: &str) -> Vec<String> {
+    let host = match hostname.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => hostname.to_owned(),
+    };
+    listening
+        .iter()
+        .map(|l| {
+            let port = l.address.port();
+            match l.transport {
+                ListenTransport::Udp => format!("turn:{host}:{port}?transport=udp"),
+                ListenTransport::Tcp => format!("turn:{host}:{port}?transport=tcp"),
+                ListenTransport::Tls => format!("turns:{host}:{port}?transport=tcp"),
+            }
+        })
+        .collect()
+}
+
+/// What the generated certificate is valid for.
+fn certificate_names(hostname: &str, relay: &RelayIp) -> Vec<String> {
+    let mut names = vec![hostname.to_owned(), "localhost".to_owned()];
+    for ip in [
+        relay.advertised,
+        relay.bound,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "::1".parse().unwrap_or(relay.bound),
+    ] {
+        names.push(ip.to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Where relays are bound when the configuration does not say: the
@@ -211,5 +429,31 @@ pub fn public_address(listen: &Listen, relay: &RelayIp) -> SocketAddr {
         SocketAddr::new(relay.advertised, listen.address.port())
     } else {
         listen.address
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_listeners() {
+        let listening = vec![
+            Listen::plain(ListenTransport::Udp, "0.0.0.0:3478".parse().unwrap()),
+            Listen::plain(ListenTransport::Tcp, "0.0.0.0:3478".parse().unwrap()),
+            Listen::plain(ListenTransport::Tls, "0.0.0.0:443".parse().unwrap()),
+        ];
+        assert_eq!(
+            turn_urls(&listening, "turn.example.com"),
+            vec![
+                "turn:turn.example.com:3478?transport=udp",
+                "turn:turn.example.com:3478?transport=tcp",
+                "turns:turn.example.com:443?transport=tcp",
+            ]
+        );
+        assert_eq!(
+            turn_urls(&listening[..1], "2001:db8::1"),
+            vec!["turn:[2001:db8::1]:3478?transport=udp"]
+        );
     }
 }

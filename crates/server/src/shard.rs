@@ -6,6 +6,7 @@
 //! stay on one thread: no locks on the data path.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -20,8 +21,10 @@ use turnpike_turn::{
     AllocationId, Event, FiveTuple, Output, PEER_HEADROOM, PEER_TAILROOM, Server, Shared, Transport,
 };
 
+use crate::http::{Reports, ShardReport};
 use crate::listener::Listener;
 use crate::relay::{PortPool, RelayInner, ReservedPort, UdpRelays};
+use crate::stream::{self, Outbound, StreamListener};
 
 /// Datagrams taken from a relay socket, and batches from a listener, per
 /// turn before the other sockets of the shard get theirs.
@@ -38,6 +41,10 @@ pub(crate) struct Shard {
     index: usize,
     pub(crate) server: Server<UdpRelays>,
     listeners: Vec<Rc<Listener>>,
+    /// The TCP and TLS clients, by 5-tuple.
+    pub(crate) connections: HashMap<FiveTuple, Rc<Outbound>>,
+    pub(crate) streams: StreamCounters,
+    reports: Arc<Reports>,
     /// Answers to clients are written here.
     reply: Box<[u8]>,
     /// Peer datagrams land here, after room for a TURN header.
@@ -47,6 +54,13 @@ pub(crate) struct Shard {
     send_errors: u64,
 }
 
+/// TLS outcomes on this shard.
+#[derive(Debug, Default)]
+pub(crate) struct StreamCounters {
+    pub(crate) tls_handshakes: u64,
+    pub(crate) tls_failures: u64,
+}
+
 /// What a shard is started with.
 pub(crate) struct ShardSetup {
     pub(crate) index: usize,
@@ -54,6 +68,8 @@ pub(crate) struct ShardSetup {
     pub(crate) relay_ips: Vec<std::net::IpAddr>,
     pub(crate) pool: Arc<std::sync::Mutex<PortPool>>,
     pub(crate) listeners: Vec<std::net::UdpSocket>,
+    pub(crate) stream_listeners: Vec<(std::net::TcpListener, StreamListener)>,
+    pub(crate) reports: Arc<Reports>,
     pub(crate) seed: [u8; 32],
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -87,6 +103,8 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
         relay_ips,
         pool,
         listeners,
+        stream_listeners,
+        reports,
         seed,
         mut shutdown,
     } = setup;
@@ -101,6 +119,9 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
         index,
         server: Server::new(shared, relays, seed, now, unix_now()),
         listeners: listeners.clone(),
+        connections: HashMap::new(),
+        streams: StreamCounters::default(),
+        reports,
         reply: vec![0; 2048].into_boxed_slice(),
         peer_buf: vec![0; PEER_HEADROOM + MAX_PEER_PAYLOAD + PEER_TAILROOM].into_boxed_slice(),
         rx: vec![0; RX_SLOT * batch].into_boxed_slice(),
@@ -111,6 +132,10 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
 
     for listener in listeners {
         tokio::task::spawn_local(listen(Rc::downgrade(&shard), listener));
+    }
+    for (listener, serves) in stream_listeners {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::task::spawn_local(stream::accept_loop(Rc::downgrade(&shard), listener, serves));
     }
     tokio::task::spawn_local(tick(Rc::downgrade(&shard)));
     debug!(shard = index, "shard running");
@@ -174,6 +199,7 @@ async fn tick(shard: Weak<RefCell<Shard>>) {
         s.server.set_wall_clock(now, unix_now());
         s.server.handle_timeout(now);
         s.log_events();
+        s.report();
     }
 }
 
@@ -269,10 +295,16 @@ impl Shard {
             else {
                 continue;
             };
+            let data = self.peer_buf.get(out.range).unwrap_or_default();
+            if out.tuple.transport.is_stream() {
+                if let Some(conn) = self.connections.get(&out.tuple) {
+                    conn.push(data);
+                }
+                continue;
+            }
             let Some(listener) = self.listeners.iter().find(|l| l.serves(out.tuple.server)) else {
                 continue;
             };
-            let data = self.peer_buf.get(out.range).unwrap_or_default();
             if listener
                 .send(out.tuple.client, out.tuple.server.ip(), data)
                 .is_err()
@@ -283,8 +315,42 @@ impl Shard {
         true
     }
 
+    /// A message from a TCP or TLS client.
+    pub(crate) fn on_stream_message(&mut self, tuple: FiveTuple, message: &[u8], out: &Outbound) {
+        let now = Instant::now();
+        match self
+            .server
+            .handle_client(now, tuple, message, &mut self.reply)
+        {
+            Output::None => {}
+            Output::Reply(len) => {
+                out.push(self.reply.get(..len).unwrap_or_default());
+            }
+            Output::ToPeer { socket, peer, data } => {
+                if socket.send_to(data, peer).is_err() {
+                    self.send_errors += 1;
+                }
+            }
+        }
+        self.log_events();
+    }
+
+    /// Tells the HTTP side this shard's figures.
+    fn report(&self) {
+        self.reports.publish(
+            self.index,
+            ShardReport {
+                stats: self.server.stats().clone(),
+                allocations: self.server.allocations_by_transport(),
+                tls_handshakes: self.streams.tls_handshakes,
+                tls_failures: self.streams.tls_failures,
+                connections: self.connections.len(),
+            },
+        );
+    }
+
     /// One line per allocation created and ended.
-    fn log_events(&mut self) {
+    pub(crate) fn log_events(&mut self) {
         while let Some(event) = self.server.poll_event() {
             match event {
                 Event::AllocationCreated {

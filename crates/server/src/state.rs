@@ -30,11 +30,16 @@ pub fn read_secret(dir: &Path) -> io::Result<String> {
     Ok(secret)
 }
 
+/// Creates the state directory (mode 0700) if it is not there.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Reads the REST secret kept in `dir`, creating the directory (mode 0700)
 /// and a random secret (mode 0600) the first time. Returns the secret and
 /// whether it was just created.
 pub fn load_or_create_secret(dir: &Path) -> io::Result<(String, bool)> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    ensure_dir(dir)?;
     match read_secret(dir) {
         Ok(secret) => return Ok((secret, false)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -9,7 +9,8 @@
 //!   that borrow the same bytes.
 //! - [`MessageWriter`] writes a message into a buffer the caller owns, then
 //!   appends MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT.
-//! - [`channel_data`] frames TURN ChannelData messages.
+//! - [`channel_data`] frames TURN ChannelData messages; [`framing`] finds
+//!   where a message ends on a TCP or TLS stream.
 //!
 //! The rules that keep a hostile peer from confusing the parser are the
 //! codec's, not its callers': lengths are checked before use, attributes that
@@ -23,6 +24,7 @@ mod addr;
 pub mod attr;
 pub mod channel_data;
 mod error;
+pub mod framing;
 pub mod integrity;
 mod message;
 pub mod nonce_cookie;

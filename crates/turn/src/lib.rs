@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 pub use config::{Config, Lifetimes, Limits, RelayIp};
 pub use server::{
-    BindError, BindRequest, Bound, EndReason, Event, Output, PEER_HEADROOM, PEER_TAILROOM,
+    BindError, BindRequest, Bound, Counts, EndReason, Event, Output, PEER_HEADROOM, PEER_TAILROOM,
     PeerOutput, Relays, Server, Stats, TrafficStats,
 };
 pub use shared::Shared;

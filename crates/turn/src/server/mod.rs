@@ -27,7 +27,7 @@ use crate::allocation::Allocation;
 use crate::auth::Verified;
 use crate::ratelimit::RateLimiter;
 use crate::shared::Shared;
-use crate::{AllocationId, FiveTuple};
+use crate::{AllocationId, FiveTuple, Transport};
 
 /// Bytes the runtime leaves free before a peer's payload, so the server
 /// can wrap it in ChannelData (4 bytes) or a Data indication (at most 48)
@@ -317,6 +317,29 @@ impl<R: Relays> Server<R> {
     #[must_use]
     pub fn allocation_count(&self) -> usize {
         self.by_tuple.len()
+    }
+
+    /// Whether `tuple` has a live allocation.
+    #[must_use]
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
+    /// Allocations on this shard by client transport: UDP, TCP, TLS.
+    #[must_use]
+    pub fn allocations_by_transport(&self) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for tuple in self.by_tuple.keys() {
+            let i = match tuple.transport {
+                Transport::Udp => 0,
+                Transport::Tcp => 1,
+                Transport::Tls => 2,
+            };
+            if let Some(n) = counts.get_mut(i) {
+                *n += 1;
+            }
+        }
+        counts
     }
 
     /// The next event, if any.

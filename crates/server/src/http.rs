@@ -1,0 +1,406 @@
+//! The HTTP side: health, Prometheus metrics and ephemeral credentials,
+//! served on listeners with `http = true` (next to TURN, on the same port)
+//! and on `[http] address`.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use subtle::ConstantTimeEq as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use turnpike_turn::{Counts, Stats, auth};
+
+/// What one shard last reported.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    pub stats: Stats,
+    /// Allocations by transport: UDP, TCP, TLS.
+    pub allocations: [usize; 3],
+    pub tls_handshakes: u64,
+    pub tls_failures: u64,
+    pub connections: usize,
+}
+
+/// The shards' reports, gathered for `/metrics`. Shards report once a
+/// second; a scrape sees figures at most that old.
+#[derive(Debug, Default)]
+pub struct Reports {
+    shards: Mutex<Vec<ShardReport>>,
+}
+
+impl Reports {
+    #[must_use]
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: Mutex::new(vec![ShardReport::default(); shards]),
+        }
+    }
+
+    /// Replaces shard `index`'s report.
+    pub fn publish(&self, index: usize, report: ShardReport) {
+        if let Ok(mut shards) = self.shards.lock()
+            && let Some(slot) = shards.get_mut(index)
+        {
+            *slot = report;
+        }
+    }
+
+    fn snapshot(&self) -> Vec<ShardReport> {
+        self.shards.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// What the credentials API hands out.
+#[derive(Debug, Clone)]
+pub struct Minter {
+    pub secret: String,
+    pub urls: Vec<String>,
+    pub ttl: u64,
+    pub api_keys: Vec<String>,
+}
+
+/// Everything the HTTP side needs.
+#[derive(Debug)]
+pub struct HttpState {
+    pub reports: Arc<Reports>,
+    pub minter: Option<Minter>,
+}
+
+/// The routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/credentials", post(credentials))
+        .with_state(state)
+}
+
+/// Serves one HTTP/1.1 or HTTP/2 connection.
+pub(crate) async fn serve<I>(io: I, router: Option<Router>) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(router) = router else { return Ok(()) };
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router))
+        .await
+        .map_err(io::Error::other)
+}
+
+/// Serves `router` on a plain-HTTP listener of its own (`[http] address`),
+/// on a thread of its own, until `shutdown`.
+pub(crate) fn spawn_plain(
+    listener: std::net::TcpListener,
+    router: Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the HTTP runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let stop = async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::warn!(error = %e, "the HTTP listener stopped");
+                }
+            });
+        })
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Collected(state.reports.snapshot())));
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsRequest {
+    user: Option<String>,
+}
+
+async fn credentials(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(minter) = &state.minter else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the credentials API is off: set [http] api_keys and a REST secret\n",
+        )
+            .into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let authorized = minter.api_keys.iter().fold(false, |ok, key| {
+        ok | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
+    });
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid API key is needed: Authorization: Bearer KEY\n",
+        )
+            .into_response();
+    }
+    let request: CredentialsRequest = if body.trim().is_empty() {
+        CredentialsRequest::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("bad request body: {e}\n"))
+                    .into_response();
+            }
+        }
+    };
+    let user = request.user.unwrap_or_else(|| "user".to_owned());
+    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "user must be 1 to 128 characters without control characters\n",
+        )
+            .into_response();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let username = auth::rest_username(now.saturating_add(minter.ttl), &user);
+    let credential = auth::rest_password(minter.secret.as_bytes(), &username);
+    axum::Json(serde_json::json!({
+        "iceServers": [{
+            "urls": minter.urls,
+            "username": username,
+            "credential": credential,
+        }],
+        "ttl": minter.ttl,
+    }))
+    .into_response()
+}
+
+/// The shards' reports, summed, as Prometheus metrics. Labels come from
+/// fixed sets: transport, direction, reason, outcome; never a user name or
+/// an address.
+#[derive(Debug)]
+struct Collected(Vec<ShardReport>);
+
+impl Collector for Collected {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shards = &self.0;
+        let sum = |f: fn(&ShardReport) -> u64| shards.iter().map(f).sum::<u64>();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+
+        let by_transport = ["udp", "tcp", "tls"].into_iter().enumerate().map(|(i, t)| {
+            (
+                t,
+                shards
+                    .iter()
+                    .map(|s| count(s.allocations.get(i).copied().unwrap_or(0)))
+                    .sum(),
+            )
+        });
+        family(
+            &mut encoder,
+            Kind::Gauge,
+            "turnpike_allocations",
+            "Allocations alive, by client transport",
+            "transport",
+            by_transport,
+        )?;
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_relayed_packets",
+            "Datagrams relayed, by direction",
+            "direction",
+            [
+                ("to_peer", sum(|s| s.stats.traffic.to_peer_packets)),
+                ("to_client", sum(|s| s.stats.traffic.to_client_packets)),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_relayed_bytes",
+            "Payload bytes relayed, by direction",
+            "direction",
+            [
+                ("to_peer", sum(|s| s.stats.traffic.to_peer_bytes)),
+                ("to_client", sum(|s| s.stats.traffic.to_client_bytes)),
+            ],
+        )?;
+        let merged = |pick: fn(&Stats) -> &Counts| {
+            let mut labels: Vec<&'static str> = shards
+                .iter()
+                .flat_map(|s| pick(&s.stats).iter().map(|(l, _)| l))
+                .collect();
+            labels.sort_unstable();
+            labels.dedup();
+            labels
+                .into_iter()
+                .map(|l| (l, shards.iter().map(|s| pick(&s.stats).get(l)).sum::<u64>()))
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_auth_failures",
+            "Requests that failed authentication, by reason",
+            "reason",
+            merged(|s| &s.auth_failures),
+        )?;
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_peer_denied",
+            "Peer addresses refused by the peer policy, by reason",
+            "reason",
+            merged(|s| &s.peer_denied),
+        )?;
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_error_responses",
+            "Error responses sent, by code",
+            "code",
+            merged(|s| &s.errors),
+        )?;
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_tls_handshakes",
+            "TLS handshakes, by outcome",
+            "outcome",
+            [
+                ("ok", sum(|s| s.tls_handshakes)),
+                ("failed", sum(|s| s.tls_failures)),
+            ],
+        )?;
+        single(
+            &mut encoder,
+            Kind::Gauge,
+            "turnpike_connections",
+            "TCP and TLS connections open",
+            shards.iter().map(|s| count(s.connections)).sum(),
+        )?;
+        single(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_malformed_messages",
+            "Messages that were neither STUN nor ChannelData",
+            sum(|s| s.stats.malformed),
+        )?;
+        single(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_rate_limited",
+            "Answers to unauthenticated requests withheld by the rate limit",
+            sum(|s| s.stats.rate_limited),
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn metric_type(self) -> MetricType {
+        match self {
+            Self::Counter => MetricType::Counter,
+            Self::Gauge => MetricType::Gauge,
+        }
+    }
+
+    fn encode(self, value: u64, encoder: MetricEncoder<'_>) -> std::fmt::Result {
+        match self {
+            Self::Counter => ConstCounter::new(value).encode(encoder),
+            Self::Gauge => {
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder)
+            }
+        }
+    }
+}
+
+/// A metric with one label, one sample per value.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    kind: Kind,
+    name: &str,
+    help: &str,
+    key: &str,
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind.metric_type())?;
+    for (label, value) in values {
+        kind.encode(value, family.encode_family(&[(key, label)])?)?;
+    }
+    Ok(())
+}
+
+/// A metric without labels.
+fn single(
+    encoder: &mut DescriptorEncoder<'_>,
+    kind: Kind,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    kind.encode(
+        value,
+        encoder.encode_descriptor(name, help, None, kind.metric_type())?,
+    )
+}
