@@ -1,5 +1,6 @@
-//! The real binary on loopback, driven over UDP by a client built on the
-//! project's codec: allocation, relaying both ways, shutdown, logs.
+//! The real binary on loopback, driven over UDP, TCP and TLS by a client
+//! built on the project's codec: allocation, relaying both ways, shutdown,
+//! logs.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,24 +18,33 @@ use turnpike_stun::{Attr, AttrType, Class, Message, Method, channel_data};
 
 #[test]
 fn binding_answers_with_the_reflexive_address() {
-    let server = ServerProcess::start(&loopback_args());
-    let mut client = TurnClient::new(server.addr, "", "");
-    let (tid, bytes) = client.build(Method::BINDING, &[]);
-    let r = client.exchange(tid, &bytes).expect("an answer");
-    assert_eq!(r.msg().class(), Class::Success);
-    assert_eq!(
-        r.msg().get(AttrType::XOR_MAPPED_ADDRESS),
-        Some(Ok(Attr::XorMappedAddress(client.local())))
-    );
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    for via in EVERY_TRANSPORT {
+        let mut client = server.client(via, "", "");
+        let (tid, bytes) = client.build(Method::BINDING, &[]);
+        let r = client.exchange(tid, &bytes).expect("an answer");
+        assert_eq!(r.msg().class(), Class::Success, "{via:?}");
+        assert_eq!(
+            r.msg().get(AttrType::XOR_MAPPED_ADDRESS),
+            Some(Ok(Attr::XorMappedAddress(client.local()))),
+            "{via:?}"
+        );
+    }
 }
 
 #[test]
 fn relays_both_ways_over_channels_and_indications() {
     let mut args = loopback_args();
     args.extend(["--allow-peer", "127.0.0.0/8"]);
-    let server = ServerProcess::start(&args);
+    let server = ServerProcess::start_every_transport(&args);
+    for via in EVERY_TRANSPORT {
+        relay_both_ways(&server, via);
+    }
+}
+
+fn relay_both_ways(server: &ServerProcess, via: Via) {
     let peer = echo_peer(1000);
-    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    let mut client = server.client(via, "alice", "wonderland");
     let relayed = client.allocate();
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");
 
@@ -53,14 +63,48 @@ fn relays_both_ways_over_channels_and_indications() {
         Some(Ok(Attr::XorPeerAddress(peer)))
     );
 
-    // ChannelData, 100 times, nothing lost.
+    // ChannelData, 100 times, of sizes that need padding on streams,
+    // nothing lost.
     client.channel_bind(0x4001, peer).unwrap();
     for i in 0..100u32 {
-        let payload = i.to_be_bytes();
+        let payload: Vec<u8> = std::iter::repeat_n(i as u8, 1 + i as usize % 7).collect();
         client.send_channel(0x4001, &payload);
         let got = client.recv(Duration::from_secs(5)).expect("echo");
         let cd = channel_data::parse(&got).unwrap();
-        assert_eq!((cd.channel, cd.payload), (0x4001, payload.as_slice()));
+        assert_eq!(
+            (cd.channel, cd.payload),
+            (0x4001, payload.as_slice()),
+            "{via:?}"
+        );
+    }
+}
+
+#[test]
+fn closing_a_stream_ends_its_allocation() {
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    let mut relayed = Vec::new();
+    for via in [Via::Tcp, Via::Tls { alpn: false }] {
+        let mut client = server.client(via, "alice", "wonderland");
+        relayed.push((client.local(), client.allocate()));
+        drop(client);
+    }
+    // Each ends as soon as its connection closes; the stop that follows
+    // ends nothing more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    server.metrics_when(deadline, |m| {
+        m.contains("turnpike_allocations{transport=\"tcp\"} 0")
+            && m.contains("turnpike_allocations{transport=\"tls\"} 0")
+            && m.contains("turnpike_connections 0")
+    });
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0));
+    for (client, relay) in relayed {
+        let line = log
+            .lines()
+            .find(|l| l.contains("allocation ended") && l.contains(&format!("client={client}")))
+            .unwrap_or_else(|| panic!("no end for {client}: {log}"));
+        assert!(line.contains("reason=\"closed\""), "{line}");
+        assert!(line.contains(&format!("relayed={relay}")), "{line}");
     }
 }
 

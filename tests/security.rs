@@ -1,5 +1,5 @@
-//! SECURITY.md over the wire, against the real binary: the peer policy
-//! (§A), malformed input (§B) and authentication (§C).
+//! SECURITY.md over the wire, against the real binary, over UDP, TCP and
+//! TLS: the peer policy (§A), malformed input (§B) and authentication (§C).
 
 #![allow(
     clippy::unwrap_used,
@@ -78,19 +78,25 @@ const DENIED_V6: &[&str] = &[
 
 #[test]
 fn default_policy_refuses_every_special_range_and_allows_public_peers() {
-    let server = ServerProcess::start(&loopback_args());
-    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    for via in EVERY_TRANSPORT {
+        default_policy(&server, via);
+    }
+}
+
+fn default_policy(server: &ServerProcess, via: Via) {
+    let mut client = server.client(via, "alice", "wonderland");
     client.allocate();
     for peer in DENIED_V4 {
         assert_eq!(
             client.create_permission(&[sa(peer)]),
             Err(403),
-            "CreatePermission {peer}"
+            "CreatePermission {peer} {via:?}"
         );
         assert_eq!(
             client.channel_bind(0x4000, sa(peer)),
             Err(403),
-            "ChannelBind {peer}"
+            "ChannelBind {peer} {via:?}"
         );
     }
     // The allocation is IPv4: IPv6 peers are a family mismatch (443)
@@ -117,16 +123,37 @@ fn default_policy_refuses_every_special_range_and_allows_public_peers() {
 fn allowing_loopback_never_opens_the_servers_own_sockets_or_a_relay_loop() {
     let mut args = loopback_args();
     args.extend(["--allow-peer", "127.0.0.0/8"]);
-    let server = ServerProcess::start(&args);
-    let mut a = TurnClient::new(server.addr, "alice", "wonderland");
+    let server = ServerProcess::start_every_transport(&args);
+    for via in EVERY_TRANSPORT {
+        own_sockets_stay_closed(&server, via);
+    }
+}
+
+fn own_sockets_stay_closed(server: &ServerProcess, via: Via) {
+    let mut a = server.client(via, "alice", "wonderland");
     let relayed_a = a.allocate();
-    let mut b = TurnClient::new(server.addr, "alice", "wonderland");
+    let mut b = server.client(via, "alice", "wonderland");
     let relayed_b = b.allocate();
 
-    // Its own listener and its own relayed address: 403 even so.
-    assert_eq!(a.channel_bind(0x4000, server.addr), Err(403), "listener");
-    assert_eq!(a.create_permission(&[server.addr]), Err(403), "listener");
-    assert_eq!(a.channel_bind(0x4001, relayed_a), Err(403), "relay loop");
+    // Its own listeners (TURN over every transport, HTTP) and its own
+    // relayed address: 403 even so.
+    for (transport, listener) in &server.listening {
+        assert_eq!(
+            a.channel_bind(0x4000, *listener),
+            Err(403),
+            "{transport} listener {via:?}"
+        );
+        assert_eq!(
+            a.create_permission(&[*listener]),
+            Err(403),
+            "{transport} listener {via:?}"
+        );
+    }
+    assert_eq!(
+        a.channel_bind(0x4001, relayed_a),
+        Err(403),
+        "relay loop {via:?}"
+    );
     // Another allocation's relayed address is how two relayed clients meet.
     a.channel_bind(0x4002, relayed_b).unwrap();
     b.create_permission(&[relayed_a]).unwrap();
@@ -147,9 +174,15 @@ fn allowing_loopback_never_opens_the_servers_own_sockets_or_a_relay_loop() {
 fn a_send_to_the_servers_own_listener_is_dropped() {
     let mut args = loopback_args();
     args.extend(["--allow-peer", "127.0.0.0/8"]);
-    let server = ServerProcess::start(&args);
+    let server = ServerProcess::start_every_transport(&args);
+    for via in EVERY_TRANSPORT {
+        send_to_own_listener(&server, via);
+    }
+}
+
+fn send_to_own_listener(server: &ServerProcess, via: Via) {
     let peer = echo_peer(10);
-    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    let mut client = server.client(via, "alice", "wonderland");
     client.allocate();
     // The permission is per IP (RFC 8656 §9): 127.0.0.1 covers the
     // listener's port as well, so the port is checked per Send.
@@ -184,8 +217,14 @@ fn a_send_to_the_servers_own_listener_is_dropped() {
 fn two_peers_one_denied_installs_nothing() {
     let mut args = loopback_args();
     args.extend(["--allow-peer", "127.0.0.0/8"]);
-    let server = ServerProcess::start(&args);
-    let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+    let server = ServerProcess::start_every_transport(&args);
+    for via in EVERY_TRANSPORT {
+        one_denied_installs_nothing(&server, via);
+    }
+}
+
+fn one_denied_installs_nothing(server: &ServerProcess, via: Via) {
+    let mut client = server.client(via, "alice", "wonderland");
     client.allocate();
     // Permissions are per IP, so the peers need addresses of their own.
     let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
@@ -337,7 +376,7 @@ fn malformed_datagrams_neither_crash_nor_stall_the_server() {
     let junk = malformed();
     for (i, m) in junk.iter().enumerate() {
         attacker.send_to(m, server.addr).unwrap();
-        client.socket.send_to(m, server.addr).unwrap();
+        client.send_raw(m);
         if i % 50 == 0 {
             assert!(server.is_running(), "crashed after datagram {i}: {m:02x?}");
         }
@@ -365,8 +404,44 @@ fn malformed_datagrams_neither_crash_nor_stall_the_server() {
 }
 
 #[test]
+fn garbage_on_a_stream_closes_only_that_connection() {
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start_every_transport(&args);
+    let peer = echo_peer(100);
+    for via in [Via::Tcp, Via::Tls { alpn: false }] {
+        let mut good = server.client(via, "alice", "wonderland");
+        good.allocate();
+        good.channel_bind(0x4000, peer).unwrap();
+        // Not STUN, not ChannelData: the framing is lost for good.
+        let mut junk = server.client(via, "", "");
+        junk.send_raw(&[0x80, 0x00, 0x00, 0x00, 1, 2, 3, 4]);
+        assert!(junk.closed_within(Duration::from_secs(5)), "{via:?}");
+        // A ChannelData that announces 64 KiB and sends four bytes ties up
+        // only its own connection's bounded buffer.
+        let mut stall = server.client(via, "", "");
+        stall.send_raw(&[0x40, 0x00, 0xFF, 0xFF, 1, 2, 3, 4]);
+        good.send_channel(0x4000, b"still relaying");
+        let got = good.recv(Duration::from_secs(5)).expect("echo");
+        assert_eq!(got.get(4..), Some(b"still relaying".as_slice()), "{via:?}");
+    }
+}
+
+#[test]
 fn authentication_is_always_on() {
-    let server = ServerProcess::start(&loopback_args());
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    for via in EVERY_TRANSPORT {
+        let mut anon = server.client(via, "alice", "wonderland");
+        let (tid, bytes) = anon.build(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);
+        assert_eq!(
+            anon.exchange(tid, &bytes).unwrap().code(),
+            Some(401),
+            "{via:?}"
+        );
+        let mut wrong = server.client(via, "alice", "not-the-password");
+        let r = wrong.request(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);
+        assert_eq!(r.code(), Some(401), "{via:?}");
+    }
     // No MESSAGE-INTEGRITY: 401 with a realm and a nonce, nothing allocated.
     let mut anon = TurnClient::new(server.addr, "alice", "wonderland");
     let (tid, bytes) = anon.build(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);

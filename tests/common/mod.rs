@@ -11,10 +11,11 @@
     clippy::print_stdout
 )]
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{BufRead as _, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub struct ServerProcess {
     child: Option<Child>,
     /// The first UDP listener, as the server reported it.
     pub addr: SocketAddr,
+    /// Every listener: transport ("udp", "tcp", "tls", "http") and address.
+    pub listening: Vec<(String, SocketAddr)>,
     /// Everything the server printed on stdout up to "listening".
     pub banner: Vec<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -76,16 +79,15 @@ impl ServerProcess {
         });
         let mut banner = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
+        // The listeners come first, then the relay line.
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    let found = line
-                        .strip_prefix("listening: udp ")
-                        .map(|a| a.parse().unwrap());
+                    let done = line.starts_with("relaying:");
                     banner.push(line);
-                    if let Some(addr) = found {
-                        break addr;
+                    if done {
+                        break;
                     }
                 }
                 Err(_) => {
@@ -94,14 +96,29 @@ impl ServerProcess {
                     panic!("the server did not start; stdout: {banner:?}\nstderr: {err}");
                 }
             }
-        };
+        }
         // Keep reading the rest of the banner.
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
             banner.push(line);
         }
+        let listening: Vec<(String, SocketAddr)> = banner
+            .iter()
+            .filter_map(|l| l.strip_prefix("listening: "))
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+            })
+            .collect();
+        let addr = listening
+            .iter()
+            .find(|(t, _)| t == "udp")
+            .or(listening.first())
+            .map(|(_, a)| *a)
+            .expect("a listener");
         Self {
             child: Some(child),
             addr,
+            listening,
             banner,
             stderr: Some(stderr),
             state,
@@ -111,6 +128,64 @@ impl ServerProcess {
     /// The server's state directory.
     pub fn state_dir(&self) -> &std::path::Path {
         self.state.path()
+    }
+
+    /// Starts the server listening on UDP, TCP and TLS on loopback.
+    pub fn start_every_transport(args: &[&str]) -> Self {
+        let mut all = args.to_vec();
+        all.extend([
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--listen",
+            "tls://127.0.0.1:0",
+            "--http-address",
+            "127.0.0.1:0",
+        ]);
+        Self::start(&all)
+    }
+
+    /// `/metrics`, read until `ready` holds or `deadline` passes (shards
+    /// report once a second).
+    pub fn metrics_when(&self, deadline: Instant, ready: impl Fn(&str) -> bool) -> String {
+        let http = self
+            .listening
+            .iter()
+            .find(|(t, _)| t == "http")
+            .map(|(_, a)| *a)
+            .expect("an HTTP listener");
+        loop {
+            let (status, body) = http_get(http, "/metrics");
+            assert_eq!(status, 200);
+            if ready(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never got there:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where to reach the server `via` a transport.
+    pub fn addr_for(&self, via: Via) -> SocketAddr {
+        let want = match via {
+            Via::Udp => "udp",
+            Via::Tcp => "tcp",
+            Via::Tls { .. } => "tls",
+        };
+        self.listening
+            .iter()
+            .find(|(t, _)| t == want)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {want} listener in {:?}", self.listening))
+    }
+
+    /// A client for this server.
+    pub fn client(&self, via: Via, username: &str, password: &str) -> TurnClient {
+        TurnClient::via(via, self.addr_for(via), username, password)
     }
 
     /// The server's process id.
@@ -161,6 +236,14 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Every way to reach a server.
+pub const EVERY_TRANSPORT: [Via; 4] = [
+    Via::Udp,
+    Via::Tcp,
+    Via::Tls { alpn: false },
+    Via::Tls { alpn: true },
+];
+
 /// The arguments for a server on loopback with the test users, relaying
 /// on 127.0.0.1, loopback peers allowed.
 pub fn loopback_args() -> Vec<&'static str> {
@@ -199,36 +282,197 @@ impl Response {
     }
 }
 
-/// A blocking TURN client over UDP: one 5-tuple, long-term credentials.
+/// How a test client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Udp,
+    Tcp,
+    /// TLS, naming `stun.turn` in ALPN or nothing.
+    Tls {
+        alpn: bool,
+    },
+}
+
+/// The client's side of its 5-tuple.
+pub enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Link {
+    /// Connects to `server` as `via` says.
+    pub fn open(via: Via, server: SocketAddr) -> Self {
+        match via {
+            Via::Udp => {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                Self::Udp(socket)
+            }
+            Via::Tcp => Self::Tcp(tcp(server)),
+            Via::Tls { alpn } => {
+                let stream = tcp(server);
+                let mut config = tls_client_config();
+                if alpn {
+                    config.alpn_protocols = vec![b"stun.turn".to_vec()];
+                }
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                // Finish the handshake now, so its failures show here.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+                }
+                Self::Tls(Box::new(tls))
+            }
+        }
+    }
+
+    fn local(&self) -> SocketAddr {
+        match self {
+            Self::Udp(s) => s.local_addr().unwrap(),
+            Self::Tcp(s) => s.local_addr().unwrap(),
+            Self::Tls(s) => s.sock.local_addr().unwrap(),
+        }
+    }
+
+    fn is_stream(&self) -> bool {
+        !matches!(self, Self::Udp(_))
+    }
+
+    /// Sends one message; errors (a closed connection) are returned.
+    pub fn send(&mut self, server: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Udp(s) => s.send_to(bytes, server).map(|_| ()),
+            Self::Tcp(s) => s.write_all(bytes),
+            Self::Tls(s) => s.write_all(bytes).and_then(|()| s.flush()),
+        }
+    }
+
+    /// Reads what arrived, up to `buf.len()`; `Ok(0)` on a closed stream,
+    /// `Err(WouldBlock|TimedOut)` when nothing came within the read timeout.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Udp(s) => s.recv_from(buf).map(|(n, _)| n),
+            Self::Tcp(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+fn tcp(server: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// A TLS client that accepts any certificate: the tests talk to their own
+/// server, whose certificate is self-signed. The certificate it was shown
+/// is kept in `SEEN`.
+pub fn tls_client_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth()
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = SEEN.lock() {
+            *seen = end_entity.to_vec();
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The certificate the last TLS handshake of this process was shown.
+pub static SEEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// A blocking TURN client: one 5-tuple over UDP, TCP or TLS, long-term
+/// credentials.
 pub struct TurnClient {
-    pub socket: UdpSocket,
+    pub link: Link,
     pub server: SocketAddr,
     pub username: String,
     pub password: String,
     nonce: Option<String>,
     realm: String,
     next: u32,
+    /// Stream bytes read but not yet a whole message.
+    pending: Vec<u8>,
 }
 
 impl TurnClient {
+    /// A client over UDP.
     pub fn new(server: SocketAddr, username: &str, password: &str) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+        Self::via(Via::Udp, server, username, password)
+    }
+
+    pub fn via(via: Via, server: SocketAddr, username: &str, password: &str) -> Self {
         Self {
-            socket,
+            link: Link::open(via, server),
             server,
             username: username.into(),
             password: password.into(),
             nonce: None,
             realm: REALM.into(),
             next: 0,
+            pending: Vec::new(),
         }
     }
 
     pub fn local(&self) -> SocketAddr {
-        self.socket.local_addr().unwrap()
+        self.link.local()
     }
 
     fn tid(&mut self) -> TransactionId {
@@ -270,21 +514,28 @@ impl TurnClient {
         (tid, buf)
     }
 
-    /// Sends raw bytes and waits for the STUN response with `tid`,
-    /// retransmitting (RFC 8489 §6.2.1), skipping anything else.
-    pub fn exchange(&self, tid: TransactionId, bytes: &[u8]) -> Option<Response> {
-        let mut buf = [0u8; 4096];
-        for _ in 0..7 {
-            self.socket.send_to(bytes, self.server).unwrap();
-            let deadline = Instant::now() + Duration::from_millis(300);
-            while Instant::now() < deadline {
-                let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
-                    break;
-                };
-                if let Ok(msg) = Message::parse(&buf[..n])
+    /// Sends raw bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.link.send(self.server, bytes);
+    }
+
+    /// Sends a request and waits for the STUN response with `tid`,
+    /// retransmitting over UDP (RFC 8489 §6.2.1), skipping anything else.
+    pub fn exchange(&mut self, tid: TransactionId, bytes: &[u8]) -> Option<Response> {
+        let tries = if self.link.is_stream() { 1 } else { 7 };
+        let wait = if self.link.is_stream() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_millis(300)
+        };
+        for _ in 0..tries {
+            self.link.send(self.server, bytes).ok()?;
+            let deadline = Instant::now() + wait;
+            while let Some(got) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+                if let Ok(msg) = Message::parse(&got)
                     && msg.transaction_id() == tid
                 {
-                    return Some(Response(buf[..n].to_vec()));
+                    return Some(Response(got));
                 }
             }
         }
@@ -349,27 +600,129 @@ impl TurnClient {
         w.add(&Attr::XorPeerAddress(peer)).unwrap();
         w.add(&Attr::Data(data)).unwrap();
         let len = w.finish();
-        self.socket.send_to(&buf[..len], self.server).unwrap();
+        self.send_raw(&buf[..len]);
     }
 
-    pub fn send_channel(&self, channel: u16, data: &[u8]) {
+    /// ChannelData, padded to four bytes on streams (RFC 8656 §12.5).
+    pub fn send_channel(&mut self, channel: u16, data: &[u8]) {
         let mut msg = channel.to_be_bytes().to_vec();
         msg.extend_from_slice(&(data.len() as u16).to_be_bytes());
         msg.extend_from_slice(data);
-        self.socket.send_to(&msg, self.server).unwrap();
+        if self.link.is_stream() {
+            msg.resize(msg.len().next_multiple_of(4), 0);
+        }
+        self.send_raw(&msg);
     }
 
-    /// The next datagram from the server, within `timeout`.
-    pub fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+    /// The next message from the server, within `timeout`: a datagram, or
+    /// a message framed out of the stream (ChannelData without padding).
+    pub fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
         let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 65536];
-        while Instant::now() < deadline {
-            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-                return Some(buf[..n].to_vec());
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if self.link.is_stream()
+                && let Ok(Some(len)) = turnpike_stun::framing::frame_len(&self.pending)
+                && self.pending.len() >= len
+            {
+                let mut msg: Vec<u8> = self.pending.drain(..len).collect();
+                if let Ok(cd) = turnpike_stun::channel_data::parse(&msg) {
+                    let unpadded = 4 + cd.payload.len();
+                    msg.truncate(unpadded);
+                }
+                return Some(msg);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            match self.link.read(&mut buf) {
+                Ok(0) if self.link.is_stream() => return None,
+                Ok(n) if !self.link.is_stream() => return Some(buf[..n].to_vec()),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(_) => {}
             }
         }
-        None
     }
+
+    /// Whether the server has closed this client's stream, within `timeout`.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.link.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "")
+}
+
+/// A plain HTTP/1.1 request; returns the status and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    parse_http(&response)
+}
+
+/// Status and body of a whole HTTP/1.1 response (fixed length or chunked).
+pub fn parse_http(response: &str) -> (u16, String) {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if !chunked {
+        return (status, body.to_owned());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        out.push_str(&tail[..size.min(tail.len())]);
+        rest = tail.get(size + 2..).unwrap_or("");
+    }
+    (status, out)
 }
 
 /// A UDP echo peer on loopback, in a thread; stops after `limit` datagrams

@@ -529,10 +529,13 @@ impl Config {
             )]
         };
         for (i, l) in listen.iter().enumerate() {
-            // UDP and TCP may share a port; TCP and TLS may not.
-            let clash = listen.iter().skip(i + 1).any(|other| {
-                other.address == l.address && other.transport.is_stream() == l.transport.is_stream()
-            });
+            // UDP and TCP may share a port; TCP and TLS may not. Port 0
+            // is a new port each time.
+            let clash = l.address.port() != 0
+                && listen.iter().skip(i + 1).any(|other| {
+                    other.address == l.address
+                        && other.transport.is_stream() == l.transport.is_stream()
+                });
             if clash {
                 let at = file.listen.get(i).map(|s| s.span());
                 let what = if l.transport.is_stream() {
