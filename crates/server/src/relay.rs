@@ -249,6 +249,14 @@ impl Relays for UdpRelays {
         Err(BindError::NoPorts)
     }
 
+    fn is_relayed(&self, addr: SocketAddr) -> bool {
+        let ours = Some(addr.ip()) == self.ipv4 || Some(addr.ip()) == self.ipv6;
+        ours && self
+            .pool
+            .lock()
+            .is_ok_and(|pool| pool.index(addr.port()).is_some() && !pool.is_free(addr.port()))
+    }
+
     fn adopt(
         &mut self,
         id: AllocationId,

@@ -248,7 +248,6 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         own_ips,
         listeners: own_sockets,
         relay_ips: vec![relay.bound, relay.advertised],
-        relay_ports: config.relay_ports.first..=config.relay_ports.last,
     });
     let turn_config = turnpike_turn::Config {
         realm: realm.clone(),

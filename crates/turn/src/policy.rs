@@ -15,13 +15,12 @@
 //! and ChannelBind, [`PeerPolicy::check_port`] per Send indication.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::RangeInclusive;
 
 use crate::cidr::IpNet;
 
 /// What [`PeerPolicy::new`] is built from; the server fills it from its
 /// configuration and the host's interfaces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
     /// The operator's exceptions (`[peers] allow`). They open the built-in
     /// denials and the host's own addresses, never listeners or relay loops.
@@ -36,23 +35,6 @@ pub struct PolicyConfig {
     pub listeners: Vec<SocketAddr>,
     /// The IPs relayed addresses are bound on, and their advertised forms.
     pub relay_ips: Vec<IpAddr>,
-    /// The relay port range.
-    pub relay_ports: RangeInclusive<u16>,
-}
-
-impl Default for PolicyConfig {
-    /// Nothing configured, and an empty relay port range: until the caller
-    /// says which ports are relayed addresses, none is treated as one.
-    fn default() -> Self {
-        Self {
-            allow: Vec::new(),
-            deny: Vec::new(),
-            own_ips: Vec::new(),
-            listeners: Vec::new(),
-            relay_ips: Vec::new(),
-            relay_ports: RangeInclusive::new(1, 0),
-        }
-    }
 }
 
 /// Why a peer address is refused. The server answers 403 (Forbidden) to
@@ -255,7 +237,6 @@ pub struct PeerPolicy {
     listeners: Box<[SocketAddr]>,
     /// Canonical.
     relay_ips: Box<[IpAddr]>,
-    relay_ports: RangeInclusive<u16>,
 }
 
 impl PeerPolicy {
@@ -272,21 +253,28 @@ impl PeerPolicy {
                 .map(|l| SocketAddr::new(canonical(l.ip()), l.port()))
                 .collect(),
             relay_ips: canonical_all(&cfg.relay_ips),
-            relay_ports: cfg.relay_ports,
         }
     }
 
     /// The full check of a peer transport address, for CreatePermission,
     /// ChannelBind, Send and Connect. `own_relay` is the relayed address of
-    /// the allocation asking.
-    pub fn check(&self, peer: SocketAddr, own_relay: Option<SocketAddr>) -> Result<(), Denied> {
+    /// the allocation asking; `live_relay` says whether an address on a
+    /// relay IP is the relayed address of a live allocation (only the
+    /// runtime knows), and is asked only for such addresses.
+    pub fn check(
+        &self,
+        peer: SocketAddr,
+        own_relay: Option<SocketAddr>,
+        live_relay: impl FnOnce(SocketAddr) -> bool,
+    ) -> Result<(), Denied> {
         self.check_self(peer, own_relay)?;
         if components(peer.ip()).any(|ip| in_any(&self.deny, ip)) {
             return Err(Denied::Configured);
         }
         // Two clients that both need a relay reach each other through one
-        // server this way.
-        if self.is_relay_address(peer) {
+        // server this way. Only a live relay counts: the other ports of a
+        // relay IP may be anything, the host's own client sockets included.
+        if self.is_relay_ip(peer.ip()) && live_relay(peer) {
             return Ok(());
         }
         // Every form must pass: allowing a carrier range such as
@@ -302,21 +290,25 @@ impl PeerPolicy {
         &self,
         peer: SocketAddr,
         own_relay: Option<SocketAddr>,
+        live_relay: impl FnOnce(SocketAddr) -> bool,
     ) -> Result<(), Denied> {
         self.check_self(peer, own_relay)?;
         // A permission to another allocation's relayed address must not open
         // the other services on that IP.
         let ip = canonical(peer.ip());
-        if self.is_own(ip) && !self.relay_ports.contains(&peer.port()) && !in_any(&self.allow, ip) {
+        if self.is_own(ip)
+            && !in_any(&self.allow, ip)
+            && !(self.is_relay_ip(ip) && live_relay(peer))
+        {
             return Err(Denied::OwnAddress);
         }
         Ok(())
     }
 
-    /// Whether `peer` is one of this server's relayed transport addresses.
+    /// Whether relayed addresses are bound on, or advertised as, `ip`.
     #[must_use]
-    pub fn is_relay_address(&self, peer: SocketAddr) -> bool {
-        self.relay_ports.contains(&peer.port()) && self.relay_ips.contains(&canonical(peer.ip()))
+    pub fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        self.relay_ips.contains(&canonical(ip))
     }
 
     /// The server's own sockets, which no `allow` opens.
@@ -408,7 +400,6 @@ mod tests {
                 sa("93.184.216.34:443"),
             ],
             relay_ips: vec![ip(BOUND), ip(OWN), ip(OWN6)],
-            relay_ports: 49152..=65535,
             ..PolicyConfig::default()
         }
     }
@@ -425,7 +416,12 @@ mod tests {
     }
 
     fn check(p: &PeerPolicy, peer: &str) -> Result<(), Denied> {
-        p.check(sa(peer), None)
+        p.check(sa(peer), None, live)
+    }
+
+    /// The tests' relays: every port from 49152 up on a relay IP.
+    fn live(peer: SocketAddr) -> bool {
+        peer.port() >= 49152
     }
 
     fn v6_of(v4: &str, build: Build) -> Ipv6Addr {
@@ -576,8 +572,8 @@ mod tests {
             let peer = SocketAddr::new(ip(addr), 5000);
             match want {
                 // Whatever the reason for the whole address, it is denied.
-                Some(_) => assert!(p.check(peer, None).is_err(), "{addr}"),
-                None => assert_eq!(p.check(peer, None), Ok(()), "{addr}"),
+                Some(_) => assert!(p.check(peer, None, live).is_err(), "{addr}"),
+                None => assert_eq!(p.check(peer, None, live), Ok(()), "{addr}"),
             }
         }
         // Every row is exercised by the cases above.
@@ -611,12 +607,12 @@ mod tests {
         ] {
             let peer = sa(peer);
             assert_eq!(
-                p.check(peer, Some(sa("93.184.216.34:50000"))),
+                p.check(peer, Some(sa("93.184.216.34:50000")), live),
                 Ok(()),
                 "{peer}"
             );
             assert_eq!(
-                p.check_port(peer, Some(sa("93.184.216.34:50000"))),
+                p.check_port(peer, Some(sa("93.184.216.34:50000")), live),
                 Ok(()),
                 "{peer}"
             );
@@ -670,18 +666,18 @@ mod tests {
                     "{name} {v6}"
                 );
                 let peer = SocketAddr::new(IpAddr::V6(v6), 5000);
-                assert_eq!(default.check(peer, None), Err(reason), "{name} {v6}");
+                assert_eq!(default.check(peer, None, live), Err(reason), "{name} {v6}");
                 // Allowing the carrier range does not open what it carries...
                 let carrier_allowed = with_allow(&[carrier]);
                 assert_eq!(
-                    carrier_allowed.check(peer, None),
+                    carrier_allowed.check(peer, None, live),
                     Err(reason),
                     "{name} {v6}"
                 );
                 // ...allowing both does, which shows the carrier was the
                 // only other obstacle.
                 let both = with_allow(&[carrier, &format!("{v4}/32")]);
-                assert_eq!(both.check(peer, None), Ok(()), "{name} {v6}");
+                assert_eq!(both.check(peer, None, live), Ok(()), "{name} {v6}");
             }
         }
     }
@@ -708,12 +704,12 @@ mod tests {
         for &(name, carrier, build) in SPELLINGS {
             let peer = SocketAddr::new(IpAddr::V6(v6_of("8.8.8.8", build)), 5000);
             assert_eq!(
-                policy().check(peer, None),
+                policy().check(peer, None, live),
                 Err(Denied::SpecialPurpose),
                 "{name} {peer}"
             );
             assert_eq!(
-                with_allow(&[carrier]).check(peer, None),
+                with_allow(&[carrier]).check(peer, None, live),
                 Ok(()),
                 "{name} {peer}"
             );
@@ -751,7 +747,7 @@ mod tests {
         ] {
             assert_eq!(check(&p, peer), Err(Denied::Listener), "{peer}");
             assert_eq!(
-                p.check_port(sa(peer), None),
+                p.check_port(sa(peer), None, live),
                 Err(Denied::Listener),
                 "{peer}"
             );
@@ -759,14 +755,14 @@ mod tests {
         assert_eq!(check(&p, "127.0.0.2:8080"), Ok(()));
         let relay = Some(sa("127.0.0.1:50000"));
         assert_eq!(
-            p.check(sa("127.0.0.1:50000"), relay),
+            p.check(sa("127.0.0.1:50000"), relay, live),
             Err(Denied::RelayLoop)
         );
         assert_eq!(
-            p.check_port(sa("127.0.0.1:50000"), relay),
+            p.check_port(sa("127.0.0.1:50000"), relay, live),
             Err(Denied::RelayLoop)
         );
-        assert_eq!(p.check(sa("127.0.0.1:50001"), relay), Ok(()));
+        assert_eq!(p.check(sa("127.0.0.1:50001"), relay, live), Ok(()));
     }
 
     #[test]
@@ -822,9 +818,9 @@ mod tests {
             "[2a01:4f8:1:2::34]:50001",
             "[::ffff:93.184.216.34]:50001",
         ] {
-            assert_eq!(p.check(sa(peer), me), Ok(()), "{peer}");
-            assert_eq!(p.check_port(sa(peer), me), Ok(()), "{peer}");
-            assert!(p.is_relay_address(sa(peer)), "{peer}");
+            assert_eq!(p.check(sa(peer), me, live), Ok(()), "{peer}");
+            assert_eq!(p.check_port(sa(peer), me, live), Ok(()), "{peer}");
+            assert!(p.is_relay_ip(sa(peer).ip()) && live(sa(peer)), "{peer}");
         }
     }
 
@@ -838,17 +834,24 @@ mod tests {
             "[2a01:4f8:1:2::34]:22",
             "[::ffff:93.184.216.34]:22",
         ] {
-            assert_eq!(p.check(sa(peer), me), Err(Denied::OwnAddress), "{peer}");
             assert_eq!(
-                p.check_port(sa(peer), me),
+                p.check(sa(peer), me, live),
                 Err(Denied::OwnAddress),
                 "{peer}"
             );
-            assert!(!p.is_relay_address(sa(peer)), "{peer}");
+            assert_eq!(
+                p.check_port(sa(peer), me, live),
+                Err(Denied::OwnAddress),
+                "{peer}"
+            );
+            assert!(!(p.is_relay_ip(sa(peer).ip()) && live(sa(peer))), "{peer}");
         }
         // The private relay IP is private first.
-        assert_eq!(p.check(sa("10.1.2.3:22"), me), Err(Denied::Private));
-        assert_eq!(p.check_port(sa("10.1.2.3:22"), me), Err(Denied::OwnAddress));
+        assert_eq!(p.check(sa("10.1.2.3:22"), me, live), Err(Denied::Private));
+        assert_eq!(
+            p.check_port(sa("10.1.2.3:22"), me, live),
+            Err(Denied::OwnAddress)
+        );
         // Own addresses hidden in IPv6 spellings are own addresses too.
         let p = with_allow(&["2002::/16"]);
         assert_eq!(
@@ -857,17 +860,23 @@ mod tests {
         );
 
         let p = with_allow(&["93.184.216.34/32"]);
-        assert_eq!(p.check(sa("93.184.216.34:22"), me), Ok(()));
-        assert_eq!(p.check_port(sa("93.184.216.34:22"), me), Ok(()));
+        assert_eq!(p.check(sa("93.184.216.34:22"), me, live), Ok(()));
+        assert_eq!(p.check_port(sa("93.184.216.34:22"), me, live), Ok(()));
         assert_eq!(
-            p.check_port(sa("[2a01:4f8:1:2::34]:22"), me),
+            p.check_port(sa("[2a01:4f8:1:2::34]:22"), me, live),
             Err(Denied::OwnAddress)
         );
         // Still not its listener, nor itself.
-        assert_eq!(p.check(sa("93.184.216.34:443"), me), Err(Denied::Listener));
-        assert_eq!(p.check(sa("93.184.216.34:3478"), me), Err(Denied::Listener));
         assert_eq!(
-            p.check(sa("93.184.216.34:50000"), me),
+            p.check(sa("93.184.216.34:443"), me, live),
+            Err(Denied::Listener)
+        );
+        assert_eq!(
+            p.check(sa("93.184.216.34:3478"), me, live),
+            Err(Denied::Listener)
+        );
+        assert_eq!(
+            p.check(sa("93.184.216.34:50000"), me, live),
             Err(Denied::RelayLoop)
         );
     }
@@ -885,17 +894,25 @@ mod tests {
             "[::ffff:93.184.216.34]:50000",
             "0.0.0.0:50000",
         ] {
-            assert_eq!(p.check(sa(peer), me), Err(Denied::RelayLoop), "{peer}");
-            assert_eq!(p.check_port(sa(peer), me), Err(Denied::RelayLoop), "{peer}");
+            assert_eq!(
+                p.check(sa(peer), me, live),
+                Err(Denied::RelayLoop),
+                "{peer}"
+            );
+            assert_eq!(
+                p.check_port(sa(peer), me, live),
+                Err(Denied::RelayLoop),
+                "{peer}"
+            );
         }
-        assert_eq!(p.check(sa("93.184.216.34:50001"), me), Ok(()));
-        assert_eq!(p.check(sa("8.8.8.8:50000"), me), Ok(()));
+        assert_eq!(p.check(sa("93.184.216.34:50001"), me, live), Ok(()));
+        assert_eq!(p.check(sa("8.8.8.8:50000"), me, live), Ok(()));
         // Without an own relay, the same address is another allocation's.
-        assert_eq!(p.check(sa("93.184.216.34:50000"), None), Ok(()));
+        assert_eq!(p.check(sa("93.184.216.34:50000"), None, live), Ok(()));
         // An own relay given in mapped form is the same socket.
         let mapped = Some(sa("[::ffff:93.184.216.34]:50000"));
         assert_eq!(
-            p.check(sa("93.184.216.34:50000"), mapped),
+            p.check(sa("93.184.216.34:50000"), mapped, live),
             Err(Denied::RelayLoop)
         );
     }
@@ -951,20 +968,25 @@ mod tests {
     }
 
     #[test]
-    fn relay_ports_bounds() {
+    fn only_a_live_relay_on_a_relay_ip_is_another_allocation() {
         let p = policy();
-        assert!(!p.is_relay_address(sa("93.184.216.34:49151")));
-        assert!(p.is_relay_address(sa("93.184.216.34:49152")));
-        assert!(p.is_relay_address(sa("93.184.216.34:65535")));
-        assert!(!p.is_relay_address(sa("93.184.216.35:50000")));
-        assert!(!p.is_relay_address(sa("[2002:5db8:d822::]:50000")));
-        // The default range is empty.
-        let p = PeerPolicy::new(PolicyConfig {
-            relay_ips: vec![ip(OWN)],
-            ..PolicyConfig::default()
-        });
-        assert!(!p.is_relay_address(sa("93.184.216.34:50000")));
-        assert_eq!(check(&p, "93.184.216.34:50000"), Err(Denied::OwnAddress));
+        let me = Some(sa("93.184.216.34:50000"));
+        // A port of the relay IP that holds no relay is the host's own.
+        let dead = |_: SocketAddr| false;
+        assert_eq!(
+            p.check(sa("93.184.216.34:50001"), me, dead),
+            Err(Denied::OwnAddress)
+        );
+        assert_eq!(
+            p.check_port(sa("93.184.216.34:50001"), me, dead),
+            Err(Denied::OwnAddress)
+        );
+        assert_eq!(p.check(sa("93.184.216.34:50001"), me, live), Ok(()));
+        // Liveness is only asked about relay IPs.
+        let never = |_: SocketAddr| -> bool { panic!("asked about a stranger") };
+        assert_eq!(p.check(sa("8.8.8.8:50001"), me, never), Ok(()));
+        assert!(!p.is_relay_ip(ip("93.184.216.35")));
+        assert!(p.is_relay_ip(ip("::ffff:93.184.216.34")));
     }
 
     #[test]

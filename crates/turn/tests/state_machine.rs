@@ -496,6 +496,46 @@ fn create_permission_is_all_or_nothing_and_policy_applies() {
 }
 
 #[test]
+fn another_allocation_is_a_peer_but_an_unused_relay_port_is_not() {
+    let mut h = Harness::new();
+    let mut a = allocated(&mut h, "198.51.100.7:5000");
+    let mut b = Client::new("198.51.100.8:5000", "bob", "builder");
+    let relayed_b = relayed(&b.allocate(&mut h));
+    assert_eq!(relayed_b.ip().to_string(), "203.0.113.10", "advertised");
+    assert!(is_success(&a.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(relayed_b)]
+    )));
+    // The same relay IP on a port no allocation holds is the host itself.
+    for unused in ["203.0.113.10:60001", "10.0.0.1:60001"] {
+        let sent = a.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[
+                Attr::ChannelNumber(0x4000),
+                Attr::XorPeerAddress(peer(unused)),
+            ],
+        );
+        assert_eq!(code(&sent), Some(403), "{unused}");
+    }
+    // A channel to the other allocation is sent to its bound address, not
+    // out through the NAT.
+    assert!(is_success(&a.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attr::ChannelNumber(0x4001), Attr::XorPeerAddress(relayed_b)]
+    )));
+    match h.send(a.tuple, &[0x40, 0x01, 0x00, 0x01, b'x']) {
+        Sent::ToPeer { peer: to, .. } => assert_eq!(
+            to,
+            SocketAddr::new("10.0.0.1".parse().unwrap(), relayed_b.port())
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn permission_expires_after_300_seconds() {
     let mut h = Harness::new();
     let mut c = allocated(&mut h, "198.51.100.7:5000");

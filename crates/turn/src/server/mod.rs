@@ -52,6 +52,10 @@ pub trait Relays {
         request: &BindRequest,
     ) -> Result<Bound<Self::Socket, Self::Reserved>, BindError>;
 
+    /// Whether `addr` (a bound address) is a relayed address of this
+    /// server, on any shard: another allocation a peer may be.
+    fn is_relayed(&self, addr: SocketAddr) -> bool;
+
     /// Turns a reserved port into allocation `id`'s relay socket.
     fn adopt(
         &mut self,

@@ -73,6 +73,7 @@ impl<R: Relays> Server<R> {
         };
         let dest = self.as_bound(peer);
         let policy = &self.shared.config.policy;
+        let relays = &self.relays;
         let Some(alloc) = live_mut(&mut self.slots, id, now) else {
             self.stats.client_dropped += 1;
             return Output::None;
@@ -81,7 +82,9 @@ impl<R: Relays> Server<R> {
             self.stats.client_dropped += 1;
             return Output::None;
         }
-        if let Err(denied) = policy.check_port(peer, Some(alloc.relayed)) {
+        if let Err(denied) =
+            policy.check_port(peer, Some(alloc.relayed), |_| relays.is_relayed(dest))
+        {
             self.stats.peer_denied.add(denied.as_str());
             return Output::None;
         }
@@ -230,10 +233,12 @@ impl<R: Relays> Server<R> {
         if Family::of(&peer) != Family::of(&relayed) {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
+        let dest = self.as_bound(peer);
+        let relays = &self.relays;
         self.shared
             .config
             .policy
-            .check(peer, Some(relayed))
+            .check(peer, Some(relayed), |_| relays.is_relayed(dest))
             .map_err(|denied: Denied| {
                 self.stats.peer_denied.add(denied.as_str());
                 ErrorCode::FORBIDDEN

@@ -35,6 +35,8 @@ pub struct FakeRelays {
     pub next_port: u16,
     pub requests: Vec<BindRequest>,
     pub fail: Option<BindError>,
+    /// Every address bound, as the runtime's port pool would know them.
+    pub bound: std::collections::HashSet<SocketAddr>,
 }
 
 impl Relays for FakeRelays {
@@ -58,6 +60,7 @@ impl Relays for FakeRelays {
         let port = self.next_port;
         self.next_port += if request.reserve_next { 2 } else { 1 };
         let addr: SocketAddr = SocketAddr::new("10.0.0.1".parse().unwrap(), port);
+        self.bound.insert(addr);
         let reserved = request.reserve_next.then(|| {
             (
                 SocketAddr::new(addr.ip(), port + 1),
@@ -69,6 +72,10 @@ impl Relays for FakeRelays {
             addr,
             reserved,
         })
+    }
+
+    fn is_relayed(&self, addr: SocketAddr) -> bool {
+        self.bound.contains(&addr)
     }
 
     fn adopt(&mut self, _id: AllocationId, reserved: SocketAddr) -> Result<SocketAddr, BindError> {
@@ -118,7 +125,6 @@ pub fn config(limits: Limits, allow: &[&str]) -> Config {
         own_ips: vec!["10.0.0.1".parse().unwrap(), "192.0.2.200".parse().unwrap()],
         listeners: vec!["0.0.0.0:3478".parse().unwrap()],
         relay_ips: vec!["10.0.0.1".parse().unwrap(), "203.0.113.10".parse().unwrap()],
-        relay_ports: 49152..=65535,
     });
     Config {
         realm: REALM.into(),
