@@ -372,8 +372,7 @@ fn tcp(server: SocketAddr) -> TcpStream {
 }
 
 /// A TLS client that accepts any certificate: the tests talk to their own
-/// server, whose certificate is self-signed. The certificate it was shown
-/// is kept in `SEEN`.
+/// server, whose certificate is self-signed.
 pub fn tls_client_config() -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -396,9 +395,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         _ocsp: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = SEEN.lock() {
-            *seen = end_entity.to_vec();
-        }
+        let _ = end_entity;
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
@@ -435,8 +432,18 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-/// The certificate the last TLS handshake of this process was shown.
-pub static SEEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+/// The certificate a TLS server at `addr` presents to a new handshake.
+pub fn tls_certificate(addr: SocketAddr) -> Vec<u8> {
+    match Link::open(Via::Tls { alpn: false }, addr) {
+        Link::Tls(tls) => tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
 
 /// A blocking TURN client: one 5-tuple over UDP, TCP or TLS, long-term
 /// credentials.
@@ -473,6 +480,19 @@ impl TurnClient {
 
     pub fn local(&self) -> SocketAddr {
         self.link.local()
+    }
+
+    /// The certificate the server presented, over TLS.
+    pub fn certificate(&self) -> Vec<u8> {
+        match &self.link {
+            Link::Tls(tls) => tls
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 
     fn tid(&mut self) -> TransactionId {
@@ -694,6 +714,44 @@ pub fn http_request(
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     parse_http(&response)
+}
+
+/// An HTTP/1.1 request over TLS, naming `alpn` (or nothing); returns the
+/// status and the body.
+pub fn https_request(
+    addr: SocketAddr,
+    alpn: Option<&[u8]>,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
+    let mut config = tls_client_config();
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    // A server that closes without close_notify still gave its answer.
+    let _ = tls.read_to_end(&mut response);
+    parse_http(&String::from_utf8_lossy(&response))
 }
 
 /// Status and body of a whole HTTP/1.1 response (fixed length or chunked).
