@@ -242,11 +242,12 @@ fn echoes(child: &mut Child, addr: SocketAddr) -> bool {
     false
 }
 
-/// A server on loopback that relays to loopback peers.
+/// A server on loopback that relays to loopback peers, reachable over UDP,
+/// TCP and TLS.
 fn relay_server() -> ServerProcess {
     let mut args = loopback_args();
     args.extend(["--allow-peer", "127.0.0.0/8"]);
-    ServerProcess::start(&args)
+    ServerProcess::start_every_transport(&args)
 }
 
 /// Stops the server and checks its log: a clean exit, `allocations`
@@ -316,16 +317,23 @@ fn stunclient_learns_its_reflexive_address() {
 }
 
 /// Runs `turnutils_uclient` with `credentials` and `mode` against a fresh
-/// server, with `turnutils_peer` as the peer, and checks that all 2000
-/// messages came back and that the server saw them.
-fn uclient(credentials: &[&str], mode: &[&str]) {
+/// server `via` a transport, with `turnutils_peer` as the peer, and checks
+/// that all 2000 messages came back and that the server saw them.
+fn uclient(via: Via, credentials: &[&str], mode: &[&str]) {
     let uclient = require!(tool("turnutils_uclient"));
     let peer_program = require!(tool("turnutils_peer"));
     let mut server = relay_server();
     let peer = CoturnPeer::start(&peer_program);
-    let (server_port, peer_port) = (server.addr.port().to_string(), peer.port.to_string());
+    let server_port = server.addr_for(via).port().to_string();
+    let peer_port = peer.port.to_string();
     let mut args: Vec<&str> = credentials.to_vec();
     args.extend(mode);
+    // uclient: -t is TCP, -t -S is TLS (-S alone would be DTLS).
+    args.extend(match via {
+        Via::Udp => &[][..],
+        Via::Tcp => &["-t"][..],
+        Via::Tls { .. } => &["-t", "-S"][..],
+    });
     args.extend([
         "-e",
         "127.0.0.1",
@@ -408,22 +416,36 @@ fn uclient(credentials: &[&str], mode: &[&str]) {
 
 #[test]
 fn uclient_relays_over_channels() {
-    uclient(&["-u", "alice", "-w", "wonderland"], &[]);
+    uclient(Via::Udp, &["-u", "alice", "-w", "wonderland"], &[]);
 }
 
 #[test]
 fn uclient_relays_over_send_indications() {
-    uclient(&["-u", "alice", "-w", "wonderland"], &["-s"]);
+    uclient(Via::Udp, &["-u", "alice", "-w", "wonderland"], &["-s"]);
 }
 
 #[test]
 fn uclient_relays_over_channels_with_rest_credentials() {
-    uclient(&["-u", "anyone", "-W", REST_SECRET], &[]);
+    uclient(Via::Udp, &["-u", "anyone", "-W", REST_SECRET], &[]);
 }
 
 #[test]
 fn uclient_relays_over_send_indications_with_rest_credentials() {
-    uclient(&["-u", "anyone", "-W", REST_SECRET], &["-s"]);
+    uclient(Via::Udp, &["-u", "anyone", "-W", REST_SECRET], &["-s"]);
+}
+
+#[test]
+fn uclient_relays_over_tcp() {
+    uclient(Via::Tcp, &["-u", "alice", "-w", "wonderland"], &[]);
+}
+
+#[test]
+fn uclient_relays_over_tls() {
+    uclient(
+        Via::Tls { alpn: false },
+        &["-u", "anyone", "-W", REST_SECRET],
+        &[],
+    );
 }
 
 /// Runs the aioice client with `credentials` through `server` to a fresh
