@@ -62,15 +62,17 @@ struct ServeArgs {
     /// Authentication realm (replaces `realm`; default: the host name).
     #[arg(long)]
     realm: Option<String>,
-    /// Address relayed addresses are bound on (replaces `relay.address`).
+    /// Address relayed addresses are bound on, one per family (repeatable;
+    /// replaces `relay.address`).
     #[arg(long, value_name = "IP")]
-    relay_address: Option<IpAddr>,
+    relay_address: Vec<IpAddr>,
     /// Relay port range (replaces `relay.ports`; default 49152-65535).
     #[arg(long, value_name = "FIRST-LAST")]
     relay_ports: Option<PortRange>,
-    /// Address put in XOR-RELAYED-ADDRESS behind a 1:1 NAT (replaces `relay.advertised`).
+    /// Address put in XOR-RELAYED-ADDRESS behind a 1:1 NAT, one per family
+    /// (repeatable; replaces `relay.advertised`).
     #[arg(long, value_name = "IP")]
-    advertised: Option<IpAddr>,
+    advertised: Vec<IpAddr>,
     /// A static user (repeatable; replaces `auth.users`).
     #[arg(long, value_name = "NAME:PASSWORD")]
     user: Vec<User>,
@@ -148,7 +150,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         realm: args.realm,
-        relay_address: args.relay_address,
+        relay_addresses: args.relay_address,
         relay_ports: args.relay_ports,
         advertised: args.advertised,
         users: args.user,
@@ -201,24 +203,25 @@ fn print_banner(running: &turnpike_server::Running, config: &Config) {
     if let Some(http) = running.http_address {
         let _ = writeln!(out, "listening: http {http}");
     }
-    let relay = &running.relay;
-    if relay.advertised == relay.bound {
-        let _ = writeln!(
-            out,
-            "relaying: {} ports {}",
-            relay.bound, running.relay_ports
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "relaying: {} (advertised as {}) ports {}",
-            relay.bound, relay.advertised, running.relay_ports
-        );
+    for relay in &running.relays {
+        if relay.advertised == relay.bound {
+            let _ = writeln!(
+                out,
+                "relaying: {} ports {}",
+                relay.bound, running.relay_ports
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "relaying: {} (advertised as {}) ports {}",
+                relay.bound, relay.advertised, running.relay_ports
+            );
+        }
     }
     let uri = running
         .listening
         .first()
-        .map(|l| format!(" --uri turn:{}", public_address(l, relay)))
+        .map(|l| format!(" --uri turn:{}", public_address(l, &running.relays)))
         .unwrap_or_default();
     match &running.generated_secret {
         Some(GeneratedSecret::Created(path) | GeneratedSecret::Kept(path)) => {

@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use turnpike_stun::{Attr, AttrType, Class, Message, Method, channel_data};
+use turnpike_stun::{Attr, AttrType, Class, Family, Message, Method, channel_data};
 
 #[test]
 fn binding_answers_with_the_reflexive_address() {
@@ -77,6 +77,90 @@ fn relay_both_ways(server: &ServerProcess, via: Via) {
             "{via:?}"
         );
     }
+}
+
+#[test]
+fn ipv6_clients_dual_allocations_and_ipv6_peers() {
+    let args = [
+        "--realm",
+        REALM,
+        "--user",
+        "alice:wonderland",
+        "--threads",
+        "2",
+        "--listen",
+        "udp://[::1]:0",
+        "--listen",
+        "tcp://[::1]:0",
+        "--relay-address",
+        "127.0.0.1",
+        "--relay-address",
+        "::1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--allow-peer",
+        "::1/128",
+    ];
+    let server = ServerProcess::start(&args);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l == "relaying: ::1 ports 49152-65535"),
+        "{:?}",
+        server.banner
+    );
+    let peer4 = echo_peer(100);
+    let peer6 = echo_peer_on("[::1]:0", 100);
+    for via in [Via::Udp, Via::Tcp] {
+        let mut client = server.client(via, "alice", "wonderland");
+        assert!(client.local().is_ipv6());
+        let r = client.request(
+            Method::ALLOCATE,
+            &[
+                Attr::RequestedTransport(17),
+                Attr::AdditionalAddressFamily(Family::V6),
+            ],
+        );
+        let relayed: Vec<_> = r
+            .msg()
+            .get_all(AttrType::XOR_RELAYED_ADDRESS)
+            .map(|a| match a {
+                Ok(Attr::XorRelayedAddress(a)) => a,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(relayed.len(), 2, "{via:?}");
+        assert_eq!(
+            (relayed[0].ip().to_string(), relayed[1].ip().to_string()),
+            ("127.0.0.1".into(), "::1".into())
+        );
+        for (channel, peer) in [(0x4000, peer4), (0x4001, peer6)] {
+            client.channel_bind(channel, peer).unwrap();
+            client.send_channel(channel, b"both families");
+            let got = client.recv(Duration::from_secs(5)).expect("echo");
+            let cd = channel_data::parse(&got).unwrap();
+            assert_eq!(
+                (cd.channel, cd.payload),
+                (channel, b"both families".as_slice()),
+                "{via:?} {peer}"
+            );
+        }
+    }
+    // An IPv6-only allocation refuses IPv4 peers: 443.
+    let mut v6 = server.client(Via::Udp, "alice", "wonderland");
+    let r = v6.request(
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::RequestedAddressFamily(Family::V6),
+        ],
+    );
+    assert!(
+        matches!(r.msg().get(AttrType::XOR_RELAYED_ADDRESS), Some(Ok(Attr::XorRelayedAddress(a))) if a.is_ipv6())
+    );
+    assert_eq!(v6.create_permission(&[peer4]), Err(443));
+    v6.create_permission(&[peer6]).unwrap();
 }
 
 #[test]

@@ -305,7 +305,12 @@ impl Link {
     pub fn open(via: Via, server: SocketAddr) -> Self {
         match via {
             Via::Udp => {
-                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let local = if server.is_ipv4() {
+                    "127.0.0.1:0"
+                } else {
+                    "[::1]:0"
+                };
+                let socket = UdpSocket::bind(local).unwrap();
                 socket
                     .set_read_timeout(Some(Duration::from_millis(50)))
                     .unwrap();
@@ -786,7 +791,12 @@ pub fn parse_http(response: &str) -> (u16, String) {
 /// A UDP echo peer on loopback, in a thread; stops after `limit` datagrams
 /// or 60 s.
 pub fn echo_peer(limit: usize) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    echo_peer_on("127.0.0.1:0", limit)
+}
+
+/// A UDP echo peer bound to `addr`.
+pub fn echo_peer_on(addr: &str, limit: usize) -> SocketAddr {
+    let socket = UdpSocket::bind(addr).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();

@@ -267,6 +267,41 @@ impl FromStr for User {
     }
 }
 
+/// One IP address or a list of them, as TOML writes either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Addresses(Vec<IpAddr>);
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Addresses;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an IP address, or a list of them")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Addresses, E> {
+                parse_ip(s).map(|ip| Addresses(vec![ip])).map_err(E::custom)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Addresses, A::Error> {
+                let mut ips = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    ips.push(parse_ip(&s).map_err(de::Error::custom)?);
+                }
+                Ok(Addresses(ips))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse()
+        .map_err(|_| format!("\"{s}\" is not an IP address"))
+}
+
 /// Deserializes any of the types above from a TOML string.
 fn from_str<'de, T, D>(d: D) -> Result<T, D::Error>
 where
@@ -340,10 +375,10 @@ struct ListenEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RelaySection {
-    address: Option<toml::Spanned<IpAddr>>,
+    address: Option<toml::Spanned<Addresses>>,
     #[serde(default, deserialize_with = "opt")]
     ports: Option<PortRange>,
-    advertised: Option<toml::Spanned<IpAddr>>,
+    advertised: Option<toml::Spanned<Addresses>>,
     #[serde(default)]
     tcp: bool,
 }
@@ -395,9 +430,9 @@ struct LimitsSection {
 pub struct Overrides {
     pub listen: Vec<Listen>,
     pub realm: Option<String>,
-    pub relay_address: Option<IpAddr>,
+    pub relay_addresses: Vec<IpAddr>,
     pub relay_ports: Option<PortRange>,
-    pub advertised: Option<IpAddr>,
+    pub advertised: Vec<IpAddr>,
     pub users: Vec<User>,
     pub secrets: Vec<String>,
     pub allow_peers: Vec<IpNet>,
@@ -455,9 +490,13 @@ pub struct Config {
     /// Shards; `None` means one per CPU.
     pub threads: Option<usize>,
     pub listen: Vec<Listen>,
-    pub relay_address: Option<IpAddr>,
+    /// Where relays are bound: at most one address per family. A family
+    /// left out is found from the host when serving starts (IPv4), or not
+    /// relayed (IPv6).
+    pub relay_addresses: Vec<IpAddr>,
     pub relay_ports: PortRange,
-    pub advertised: Option<IpAddr>,
+    /// What XOR-RELAYED-ADDRESS says behind a 1:1 NAT, per family.
+    pub advertised: Vec<IpAddr>,
     pub users: Vec<User>,
     pub secrets: Vec<String>,
     pub nonce_lifetime: u64,
@@ -551,25 +590,30 @@ impl Config {
             }
         }
 
-        let relay_address = match (o.relay_address, &file.relay.address) {
-            (Some(a), _) => {
-                Some(check_relay_address(a).map_err(|m| Located::flag("--relay-address", m))?)
-            }
-            (None, Some(a)) => Some(
-                check_relay_address(*a.get_ref())
-                    .map_err(|m| Located::at(a, "relay.address", m))?,
-            ),
-            (None, None) => None,
+        let relay_addresses = match (&o.relay_addresses[..], &file.relay.address) {
+            ([], Some(a)) => check_addresses(&a.get_ref().0, check_relay_address)
+                .map_err(|m| Located::at(a, "relay.address", m))?,
+            (flags, _) => check_addresses(flags, check_relay_address)
+                .map_err(|m| Located::flag("--relay-address", m))?,
         };
-        let advertised = match (o.advertised, &file.relay.advertised) {
-            (Some(a), _) => Some(
-                check_advertised(a, relay_address).map_err(|m| Located::flag("--advertised", m))?,
-            ),
-            (None, Some(a)) => Some(
-                check_advertised(*a.get_ref(), relay_address)
-                    .map_err(|m| Located::at(a, "relay.advertised", m))?,
-            ),
-            (None, None) => None,
+        let check_advertised = |ip: IpAddr| -> Result<IpAddr, String> {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(format!("{ip} cannot be advertised"));
+            }
+            if !relay_addresses.is_empty()
+                && !relay_addresses.iter().any(|r| r.is_ipv4() == ip.is_ipv4())
+            {
+                return Err(format!(
+                    "{ip} has no relay.address of its address family to stand for"
+                ));
+            }
+            Ok(ip)
+        };
+        let advertised = match (&o.advertised[..], &file.relay.advertised) {
+            ([], Some(a)) => check_addresses(&a.get_ref().0, check_advertised)
+                .map_err(|m| Located::at(a, "relay.advertised", m))?,
+            (flags, _) => check_addresses(flags, check_advertised)
+                .map_err(|m| Located::flag("--advertised", m))?,
         };
         let relay_ports = o
             .relay_ports
@@ -743,7 +787,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             threads,
             listen,
-            relay_address,
+            relay_addresses,
             relay_ports,
             advertised,
             users,
@@ -818,18 +862,21 @@ fn check_relay_address(ip: IpAddr) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
-fn check_advertised(ip: IpAddr, relay: Option<IpAddr>) -> Result<IpAddr, String> {
-    if ip.is_unspecified() || ip.is_multicast() {
-        return Err(format!("{ip} cannot be advertised"));
-    }
-    if let Some(relay) = relay
-        && relay.is_ipv4() != ip.is_ipv4()
+/// Addresses checked one by one, at most one per family.
+fn check_addresses(
+    ips: &[IpAddr],
+    check: impl Fn(IpAddr) -> Result<IpAddr, String>,
+) -> Result<Vec<IpAddr>, String> {
+    let checked = ips
+        .iter()
+        .map(|&ip| check(ip))
+        .collect::<Result<Vec<_>, _>>()?;
+    if checked.iter().filter(|ip| ip.is_ipv4()).count() > 1
+        || checked.iter().filter(|ip| ip.is_ipv6()).count() > 1
     {
-        return Err(format!(
-            "{ip} is not of the same address family as relay.address {relay}"
-        ));
+        return Err("give at most one IPv4 and one IPv6 address".to_owned());
     }
-    Ok(ip)
+    Ok(checked)
 }
 
 fn check_secret(secret: &str) -> Result<(), String> {
@@ -962,7 +1009,10 @@ deny = []
         let c = load(EXAMPLE).unwrap();
         assert_eq!(c.realm.as_deref(), Some("turnpike.test"));
         assert_eq!(c.listen, vec!["udp://127.0.0.1:3478".parse().unwrap()]);
-        assert_eq!(c.relay_address, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            c.relay_addresses,
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(
             c.relay_ports,
             PortRange {
@@ -1065,7 +1115,15 @@ deny = []
             ),
             (
                 "[relay]\naddress = \"127.0.0.1\"\nadvertised = \"::1\"\n",
-                "turnpike.toml:3: relay.advertised: ::1 is not of the same address family",
+                "turnpike.toml:3: relay.advertised: ::1 has no relay.address of its address family",
+            ),
+            (
+                "[relay]\naddress = [\"192.0.2.1\", \"192.0.2.2\"]\n",
+                "turnpike.toml:2: relay.address: give at most one IPv4 and one IPv6 address",
+            ),
+            (
+                "[relay]\naddress = [\"192.0.2.1\", \"nope\"]\n",
+                "turnpike.toml:2: relay.address: \"nope\" is not an IP address",
             ),
             (
                 "[auth]\nnonce_lifetime = 601\n",
@@ -1096,6 +1154,16 @@ deny = []
                 "for {text:?}\n got: {err}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn relay_addresses_are_one_or_one_per_family() {
+        let c = load(
+            "[relay]\naddress = [\"192.0.2.1\", \"2001:db8::1\"]\nadvertised = \"203.0.113.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.relay_addresses.len(), 2);
+        assert_eq!(c.advertised, vec!["203.0.113.1".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

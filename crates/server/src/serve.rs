@@ -47,8 +47,9 @@ pub struct Running {
     pub realm: String,
     /// The name clients reach the server by.
     pub hostname: String,
-    /// The address relays are bound on, and the one advertised for it.
-    pub relay: RelayIp,
+    /// The addresses relays are bound on (one per family), and the ones
+    /// advertised for them.
+    pub relays: Vec<RelayIp>,
     pub relay_ports: PortRange,
     pub threads: usize,
     /// Set when no users or secrets were configured.
@@ -93,15 +94,12 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let realm = config.realm.clone().unwrap_or_else(net::hostname);
     let interfaces = net::interface_ips();
-    let relay_ip = relay_address(config, &interfaces);
-    let relay = RelayIp {
-        bound: relay_ip,
-        advertised: config.advertised.unwrap_or(relay_ip),
+    let relays = relay_ips(config, &interfaces);
+    let hostname = match (&config.hostname, relays.first()) {
+        (Some(h), _) => h.clone(),
+        (None, Some(r)) => r.advertised.to_string(),
+        (None, None) => net::hostname(),
     };
-    let hostname = config
-        .hostname
-        .clone()
-        .unwrap_or_else(|| relay.advertised.to_string());
 
     let (secrets, generated_secret) = if config.users.is_empty() && config.secrets.is_empty() {
         let (secret, created) =
@@ -197,7 +195,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
                 None => {
                     state::ensure_dir(&config.state_dir)
                         .with_context(|| format!("cannot use {}", config.state_dir.display()))?;
-                    let names = certificate_names(&hostname, &relay);
+                    let names = certificate_names(&hostname, &relays);
                     let source =
                         tls::generated(&config.state_dir, &names).map_err(|e| anyhow!(e))?;
                     let store = CertStore::new(source).map_err(|e| anyhow!(e))?;
@@ -232,8 +230,12 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     }));
 
     // The peer policy: the server's own sockets are never peers.
+    let relay_addresses: Vec<IpAddr> = relays
+        .iter()
+        .flat_map(|r| [r.bound, r.advertised])
+        .collect();
     let mut own_ips = interfaces;
-    own_ips.extend([relay.bound, relay.advertised]);
+    own_ips.extend(&relay_addresses);
     own_ips.extend(
         listening
             .iter()
@@ -247,12 +249,12 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         deny: config.deny_peers.clone(),
         own_ips,
         listeners: own_sockets,
-        relay_ips: vec![relay.bound, relay.advertised],
+        relay_ips: relay_addresses,
     });
     let turn_config = turnpike_turn::Config {
         realm: realm.clone(),
         software: None,
-        relay_ips: vec![relay],
+        relay_ips: relays.clone(),
         lifetimes: Lifetimes {
             nonce: Duration::from_secs(config.nonce_lifetime),
             ..Lifetimes::default()
@@ -301,7 +303,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         let setup = ShardSetup {
             index,
             shared: Arc::clone(&shared),
-            relay_ips: vec![relay.bound],
+            relay_ips: relays.iter().map(|r| r.bound).collect(),
             pool: Arc::clone(&pool),
             listeners: udp,
             stream_listeners,
@@ -324,7 +326,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         http_address,
         realm,
         hostname,
-        relay,
+        relays,
         relay_ports: config.relay_ports,
         threads,
         generated_secret,
@@ -381,37 +383,63 @@ fn turn_urls(listening: &[Listen], hostname: &str) -> Vec<String> {
 }
 
 /// What the generated certificate is valid for.
-fn certificate_names(hostname: &str, relay: &RelayIp) -> Vec<String> {
-    let mut names = vec![hostname.to_owned(), "localhost".to_owned()];
-    for ip in [
-        relay.advertised,
-        relay.bound,
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        "::1".parse().unwrap_or(relay.bound),
-    ] {
-        names.push(ip.to_string());
-    }
+fn certificate_names(hostname: &str, relays: &[RelayIp]) -> Vec<String> {
+    let mut names = vec![
+        hostname.to_owned(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    names.extend(
+        relays
+            .iter()
+            .flat_map(|r| [r.advertised, r.bound])
+            .map(|ip| ip.to_string()),
+    );
     names.sort();
     names.dedup();
     names
 }
 
-/// Where relays are bound when the configuration does not say: the
+/// Where relays are bound, one address per family, each with the address
+/// advertised for it. IPv4, when the configuration does not say: the
 /// address of a listener bound to one, else the source address of the
-/// default route, else an interface's.
-fn relay_address(config: &Config, interfaces: &[IpAddr]) -> IpAddr {
-    config
-        .relay_address
-        .or_else(|| {
-            config
-                .listen
-                .iter()
-                .map(|l| l.address.ip())
-                .find(|ip| ip.is_ipv4() && !ip.is_unspecified())
-        })
+/// default route, else an interface's. IPv6 only when configured, or when
+/// a listener is bound to a specific IPv6 address.
+fn relay_ips(config: &Config, interfaces: &[IpAddr]) -> Vec<RelayIp> {
+    let configured = |v4: bool| {
+        config
+            .relay_addresses
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == v4)
+    };
+    let listener = |v4: bool| {
+        config
+            .listen
+            .iter()
+            .map(|l| l.address.ip())
+            .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
+    };
+    let v4 = configured(true)
+        .or_else(|| listener(true))
         .or_else(net::default_route_ipv4)
         .or_else(|| net::first_interface_ipv4(interfaces))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let v6 = configured(false).or_else(|| listener(false));
+    [Some(v4), v6]
+        .into_iter()
+        .flatten()
+        .map(|bound| RelayIp {
+            bound,
+            advertised: config
+                .advertised
+                .iter()
+                .copied()
+                .find(|a| a.is_ipv4() == bound.is_ipv4())
+                .unwrap_or(bound),
+        })
+        .collect()
 }
 
 fn random() -> [u8; 32] {
@@ -421,13 +449,17 @@ fn random() -> [u8; 32] {
 }
 
 /// The address clients should be given for `listen`: a wildcard listener
-/// is reached at the relay's advertised address.
+/// is reached at the advertised relay address of its family.
 #[must_use]
-pub fn public_address(listen: &Listen, relay: &RelayIp) -> SocketAddr {
-    if listen.address.ip().is_unspecified() {
-        SocketAddr::new(relay.advertised, listen.address.port())
-    } else {
-        listen.address
+pub fn public_address(listen: &Listen, relays: &[RelayIp]) -> SocketAddr {
+    let same_family = relays
+        .iter()
+        .find(|r| r.advertised.is_ipv4() == listen.address.is_ipv4());
+    match same_family {
+        Some(r) if listen.address.ip().is_unspecified() => {
+            SocketAddr::new(r.advertised, listen.address.port())
+        }
+        _ => listen.address,
     }
 }
 

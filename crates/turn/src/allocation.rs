@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use turnpike_stun::TransactionId;
+use turnpike_stun::{ErrorCode, Family, TransactionId};
 
-use crate::FiveTuple;
 use crate::policy::canonical;
 use crate::server::TrafficStats;
+use crate::{FiveTuple, Relayed};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -27,15 +27,25 @@ pub(crate) struct Channel {
     pub released: Instant,
 }
 
+/// A relayed transport address, and the runtime's socket for it.
+#[derive(Debug)]
+pub(crate) struct Relay<S> {
+    pub socket: S,
+    /// As clients and peers know it (the advertised form).
+    pub relayed: SocketAddr,
+}
+
 #[derive(Debug)]
 pub(crate) struct Allocation<S> {
     pub tuple: FiveTuple,
     pub username: Box<str>,
     /// The Allocate transaction, to answer its retransmissions.
     pub transaction: TransactionId,
-    pub socket: S,
-    /// The relayed transport address as clients and peers know it.
-    pub relayed: SocketAddr,
+    /// The IPv4 and IPv6 relays; a dual allocation has both
+    /// (RFC 8656 §7.2).
+    relays: [Option<Relay<S>>; 2],
+    /// Why the IPv6 half of a dual allocation was not made, if it was not.
+    pub refused_v6: Option<ErrorCode>,
     pub reservation_token: Option<[u8; 8]>,
     pub created: Instant,
     pub expires: Instant,
@@ -54,8 +64,8 @@ impl<S> Allocation<S> {
         tuple: FiveTuple,
         username: Box<str>,
         transaction: TransactionId,
-        socket: S,
-        relayed: SocketAddr,
+        relays: [Option<Relay<S>>; 2],
+        refused_v6: Option<ErrorCode>,
         reservation_token: Option<[u8; 8]>,
         now: Instant,
         lifetime: Duration,
@@ -64,8 +74,8 @@ impl<S> Allocation<S> {
             tuple,
             username,
             transaction,
-            socket,
-            relayed,
+            relays,
+            refused_v6,
             reservation_token,
             created: now,
             expires: now + lifetime,
@@ -79,6 +89,28 @@ impl<S> Allocation<S> {
 
     pub(crate) fn is_live(&self, now: Instant) -> bool {
         self.expires > now
+    }
+
+    /// The relay for peers of `family`, if the allocation has one.
+    #[inline]
+    pub(crate) fn relay(&self, family: Family) -> Option<&Relay<S>> {
+        self.relays.get(slot(family)).and_then(Option::as_ref)
+    }
+
+    /// The relayed addresses, as clients know them.
+    pub(crate) fn relayed(&self) -> Relayed {
+        Relayed {
+            v4: self.relay(Family::V4).map(|r| r.relayed),
+            v6: self.relay(Family::V6).map(|r| r.relayed),
+        }
+    }
+
+    /// Deletes the relay of one family; returns whether any is left.
+    pub(crate) fn drop_family(&mut self, family: Family) -> bool {
+        if let Some(relay) = self.relays.get_mut(slot(family)) {
+            *relay = None;
+        }
+        self.relays.iter().any(Option::is_some)
     }
 
     /// Whether datagrams from `ip` may reach the client (RFC 8656 §9).
@@ -165,6 +197,14 @@ impl<S> Allocation<S> {
             };
         }
         self.next_gc
+    }
+}
+
+/// Where a family's relay is kept.
+pub(crate) const fn slot(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
     }
 }
 

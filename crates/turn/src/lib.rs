@@ -78,6 +78,23 @@ impl fmt::Display for FiveTuple {
     }
 }
 
+/// An allocation's relayed transport addresses: IPv4, IPv6, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Relayed {
+    pub v4: Option<SocketAddr>,
+    pub v6: Option<SocketAddr>,
+}
+
+impl fmt::Display for Relayed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.v4, self.v6) {
+            (Some(a), Some(b)) => write!(f, "{a},{b}"),
+            (Some(a), None) | (None, Some(a)) => write!(f, "{a}"),
+            (None, None) => f.write_str("none"),
+        }
+    }
+}
+
 /// Names one allocation of one [`Server`], stable for its life; a stale id
 /// never reaches a newer allocation in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

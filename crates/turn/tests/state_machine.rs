@@ -16,7 +16,7 @@ use common::*;
 use turnpike_turn::stun::attr::{AlgorithmList, TypeList};
 use turnpike_turn::stun::integrity::{LongTermKey, userhash};
 use turnpike_turn::stun::{
-    Attr, AttrType, Class, Integrity, Message, MessageType, Method, PasswordAlgorithm,
+    Attr, AttrType, Class, Family, Integrity, Message, MessageType, Method, PasswordAlgorithm,
     TransactionId, channel_data,
 };
 use turnpike_turn::{EndReason, Event, Limits, Transport, auth};
@@ -911,6 +911,147 @@ fn additional_ipv6_family_is_refused_inside_a_success() {
         sent.reply().get(AttrType::ADDRESS_ERROR_CODE),
         Some(Ok(Attr::AddressErrorCode { code, .. })) if code.0 == 440
     ));
+}
+
+#[test]
+fn dual_allocation_relays_both_families() {
+    let mut h = Harness::new();
+    h.server.relays_mut().ipv6 = true;
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::AdditionalAddressFamily(Family::V6),
+        ],
+    );
+    let relayed = all_relayed(&sent);
+    assert_eq!(relayed.len(), 2, "{relayed:?}");
+    assert!(
+        relayed[0].is_ipv4() && relayed[1].is_ipv6(),
+        "IPv4 first: {relayed:?}"
+    );
+    assert!(sent.reply().get(AttrType::ADDRESS_ERROR_CODE).is_none());
+    let id = h.last_allocation();
+    let (v4, v6) = (peer(PEER), peer("[2606:4700::1111]:3478"));
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(v4), Attr::XorPeerAddress(v6)]
+    )));
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attr::ChannelNumber(0x4000), Attr::XorPeerAddress(v6)]
+    )));
+    // Each family leaves through its own relay.
+    match h.send(c.tuple, &[0x40, 0x00, 0x00, 0x01, b'6']) {
+        Sent::ToPeer {
+            relay, peer: to, ..
+        } => assert_eq!((relay, to), (relayed[1], v6)),
+        other => panic!("{other:?}"),
+    }
+    let send = build(
+        MessageType::new(Method::SEND, Class::Indication),
+        c.tid(),
+        &[Attr::XorPeerAddress(v4), Attr::Data(b"4")],
+        None,
+        false,
+    );
+    match h.send(c.tuple, &send) {
+        Sent::ToPeer {
+            relay, peer: to, ..
+        } => assert_eq!((relay.ip().to_string().as_str(), to), ("10.0.0.1", v4)),
+        other => panic!("{other:?}"),
+    }
+    // An IPv6 peer's datagram arrives on the channel.
+    let (_, bytes) = h.peer_datagram(id, v6, b"from six").unwrap();
+    assert_eq!(channel_data::parse(&bytes).unwrap().payload, b"from six");
+    // Deleting the IPv6 half keeps the IPv4 one.
+    let sent = c.call(
+        &mut h,
+        Method::REFRESH,
+        &[Attr::Lifetime(0), Attr::RequestedAddressFamily(Family::V6)],
+    );
+    assert!(is_success(&sent));
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(
+        code(&c.call(
+            &mut h,
+            Method::CREATE_PERMISSION,
+            &[Attr::XorPeerAddress(v6)]
+        )),
+        Some(443)
+    );
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(v4)]
+    )));
+    let sent = c.call(
+        &mut h,
+        Method::REFRESH,
+        &[
+            Attr::Lifetime(600),
+            Attr::RequestedAddressFamily(Family::V6),
+        ],
+    );
+    assert_eq!(code(&sent), Some(443), "the IPv6 half is gone");
+}
+
+#[test]
+fn ipv6_only_allocation_and_family_rules() {
+    let mut h = Harness::new();
+    h.server.relays_mut().ipv6 = true;
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let sent = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::RequestedAddressFamily(Family::V6),
+        ],
+    );
+    assert_eq!(
+        all_relayed(&sent),
+        vec![SocketAddr::new(
+            RELAY_V6.parse().unwrap(),
+            all_relayed(&sent)[0].port()
+        )]
+    );
+    assert_eq!(
+        code(&c.call(
+            &mut h,
+            Method::CREATE_PERMISSION,
+            &[Attr::XorPeerAddress(peer(PEER))]
+        )),
+        Some(443)
+    );
+    assert_eq!(
+        code(&c.call(
+            &mut h,
+            Method::REFRESH,
+            &[Attr::RequestedAddressFamily(Family::V4)]
+        )),
+        Some(443)
+    );
+    // Both families at once, or IPv4 as the additional one: 400.
+    let mut d = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    let both = [
+        Attr::RequestedTransport(17),
+        Attr::RequestedAddressFamily(Family::V4),
+        Attr::AdditionalAddressFamily(Family::V6),
+    ];
+    assert_eq!(code(&d.call(&mut h, Method::ALLOCATE, &both)), Some(400));
+    let v4_additional = [
+        Attr::RequestedTransport(17),
+        Attr::AdditionalAddressFamily(Family::V4),
+    ];
+    assert_eq!(
+        code(&d.call(&mut h, Method::ALLOCATE, &v4_additional)),
+        Some(400)
+    );
 }
 
 #[test]

@@ -1,6 +1,5 @@
 //! Allocate and Refresh (RFC 8656 §7).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use turnpike_stun::attr::TRANSPORT_UDP;
@@ -9,9 +8,20 @@ use turnpike_stun::{Attr, AttrType, ErrorCode, Family, Message};
 use super::{
     BindError, BindRequest, Bound, EndReason, Event, Relays, Server, Slot, live, live_mut,
 };
-use crate::allocation::Allocation;
+use crate::allocation::{Allocation, Relay, slot};
 use crate::auth::Verified;
-use crate::{AllocationId, FiveTuple};
+use crate::{AllocationId, FiveTuple, Relayed};
+
+/// What an Allocate asks for, once its attributes are checked.
+struct Wanted {
+    /// REQUESTED-ADDRESS-FAMILY, IPv4 by default.
+    family: Family,
+    /// ADDITIONAL-ADDRESS-FAMILY: an IPv6 relay as well (a dual allocation).
+    dual: bool,
+    even_port: Option<bool>,
+    token: Option<[u8; 8]>,
+    dont_fragment: bool,
+}
 
 impl<R: Relays> Server<R> {
     pub(super) fn allocate(
@@ -33,74 +43,29 @@ impl<R: Relays> Server<R> {
                         return Err(ErrorCode::ALLOCATION_MISMATCH);
                     }
                     let remaining = alloc.expires.saturating_duration_since(now);
-                    let (relayed, token) = (alloc.relayed, alloc.reservation_token);
-                    return self
-                        .allocate_success(msg, out, auth, tuple, relayed, remaining, token, None);
+                    let answer = (alloc.relayed(), alloc.reservation_token, alloc.refused_v6);
+                    return self.allocate_success(msg, out, auth, tuple, answer, remaining);
                 }
                 // Expired, not yet swept: the 5-tuple is free again.
                 None => self.remove(id, now, EndReason::Expired),
             }
         }
-
-        match msg.get(AttrType::REQUESTED_TRANSPORT) {
-            Some(Ok(Attr::RequestedTransport(TRANSPORT_UDP))) => {}
-            Some(Ok(Attr::RequestedTransport(_))) => {
-                return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
-            }
-            _ => return Err(ErrorCode::BAD_REQUEST),
-        }
-        let dont_fragment = msg.raw(AttrType::DONT_FRAGMENT).is_some();
-        let even_port = match msg.get(AttrType::EVEN_PORT) {
-            None => None,
-            Some(Ok(Attr::EvenPort { reserve_next })) => Some(reserve_next),
-            Some(_) => return Err(ErrorCode::BAD_REQUEST),
-        };
-        let token = match msg.get(AttrType::RESERVATION_TOKEN) {
-            None => None,
-            Some(Ok(Attr::ReservationToken(t))) => Some(*t),
-            Some(_) => return Err(ErrorCode::BAD_REQUEST),
-        };
-        let requested_family = match msg.get(AttrType::REQUESTED_ADDRESS_FAMILY) {
-            None => None,
-            Some(Ok(Attr::RequestedAddressFamily(f))) => Some(f),
-            Some(_) => return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
-        };
-        let additional = match msg.get(AttrType::ADDITIONAL_ADDRESS_FAMILY) {
-            None => false,
-            Some(Ok(Attr::AdditionalAddressFamily(Family::V6))) => true,
-            Some(_) => return Err(ErrorCode::BAD_REQUEST),
-        };
-        // RFC 8656 §7.2: these combinations make no sense.
-        if (token.is_some() && (even_port.is_some() || requested_family.is_some()))
-            || (additional && requested_family.is_some())
-        {
-            return Err(ErrorCode::BAD_REQUEST);
-        }
-        let family = requested_family.unwrap_or(Family::V4);
+        let wanted = wanted(msg)?;
         let lifetime = self.allocation_lifetime(msg);
 
         self.shared.acquire(&auth.username)?;
         let index = self.free.pop().map_or(self.slots.len(), |i| i as usize);
         let generation = self.slots.get(index).map_or(0, |s| s.generation);
-        let id = AllocationId::new(
-            u32::try_from(index).map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?,
-            generation,
-        );
-        let bound = match token {
+        let id = match u32::try_from(index) {
+            Ok(i) => AllocationId::new(i, generation),
+            Err(_) => {
+                self.shared.release(&auth.username);
+                return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+            }
+        };
+        let bound = match wanted.token {
             Some(token) => self.claim_reservation(id, &token, now),
-            None => self
-                .relays
-                .bind(&BindRequest {
-                    id,
-                    family,
-                    even_port: even_port.is_some(),
-                    reserve_next: even_port == Some(true),
-                    dont_fragment,
-                })
-                .map_err(|e| match e {
-                    BindError::FamilyNotSupported => ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-                    BindError::NoPorts | BindError::Failed => ErrorCode::INSUFFICIENT_CAPACITY,
-                }),
+            None => self.bind(id, wanted.family, wanted.even_port, wanted.dont_fragment),
         };
         let bound = match bound {
             Ok(bound) => bound,
@@ -116,17 +81,40 @@ impl<R: Relays> Server<R> {
             self.shared
                 .reserve(handle, addr, now + self.shared.config.lifetimes.reservation)
         });
-        let relayed = self.as_advertised(bound.addr);
+        let mut relays = [None, None];
+        if let Some(r) = relays.get_mut(slot(Family::of(&bound.addr))) {
+            *r = Some(Relay {
+                relayed: self.as_advertised(bound.addr),
+                socket: bound.socket,
+            });
+        }
+        // RFC 8656 §7.2: the IPv6 half of a dual allocation is refused in
+        // the success response when it cannot be made.
+        let mut refused_v6 = None;
+        if wanted.dual {
+            match self.bind(id, Family::V6, None, wanted.dont_fragment) {
+                Ok(v6) => {
+                    if let Some(r) = relays.get_mut(slot(Family::V6)) {
+                        *r = Some(Relay {
+                            relayed: self.as_advertised(v6.addr),
+                            socket: v6.socket,
+                        });
+                    }
+                }
+                Err(code) => refused_v6 = Some(code),
+            }
+        }
         let alloc = Allocation::new(
             *tuple,
             auth.username.clone(),
             msg.transaction_id(),
-            bound.socket,
-            relayed,
+            relays,
+            refused_v6,
             reservation_token,
             now,
             lifetime,
         );
+        let relayed = alloc.relayed();
         match self.slots.get_mut(index) {
             Some(slot) => slot.allocation = Some(alloc),
             None => self.slots.push(Slot {
@@ -135,8 +123,7 @@ impl<R: Relays> Server<R> {
             }),
         }
         self.by_tuple.insert(*tuple, id);
-        let expires = now + lifetime;
-        self.next_timeout = Some(self.next_timeout.map_or(expires, |t| t.min(expires)));
+        self.note_deadline(now + lifetime);
         self.events.push_back(Event::AllocationCreated {
             id,
             username: auth.username.clone(),
@@ -144,19 +131,29 @@ impl<R: Relays> Server<R> {
             relayed,
             lifetime,
         });
-        // Without IPv6 relays, the second family of a dual allocation is
-        // refused in the success response (RFC 8656 §7.2, §18.12).
-        let refused_v6 = additional.then_some(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
-        self.allocate_success(
-            msg,
-            out,
-            auth,
-            tuple,
-            relayed,
-            lifetime,
-            reservation_token,
-            refused_v6,
-        )
+        let answer = (relayed, reservation_token, refused_v6);
+        self.allocate_success(msg, out, auth, tuple, answer, lifetime)
+    }
+
+    fn bind(
+        &mut self,
+        id: AllocationId,
+        family: Family,
+        even_port: Option<bool>,
+        dont_fragment: bool,
+    ) -> Result<Bound<R::Socket, R::Reserved>, ErrorCode> {
+        self.relays
+            .bind(&BindRequest {
+                id,
+                family,
+                even_port: even_port.is_some(),
+                reserve_next: even_port == Some(true),
+                dont_fragment,
+            })
+            .map_err(|e| match e {
+                BindError::FamilyNotSupported => ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
+                BindError::NoPorts | BindError::Failed => ErrorCode::INSUFFICIENT_CAPACITY,
+            })
     }
 
     pub(super) fn claim_reservation(
@@ -181,21 +178,23 @@ impl<R: Relays> Server<R> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn allocate_success(
+    /// The success response: every relayed address, the lifetime, the
+    /// reservation token and the refusal of a dual allocation's IPv6 half,
+    /// when there are any.
+    fn allocate_success(
         &mut self,
         msg: &Message<'_>,
         out: &mut [u8],
         auth: &Verified,
         tuple: &FiveTuple,
-        relayed: SocketAddr,
+        (relayed, token, refused_v6): (Relayed, Option<[u8; 8]>, Option<ErrorCode>),
         lifetime: Duration,
-        token: Option<[u8; 8]>,
-        refused_v6: Option<ErrorCode>,
     ) -> Result<usize, ErrorCode> {
         let seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         self.respond(msg, out, msg.typ().success(), Some(auth), |w| {
-            w.add(&Attr::XorRelayedAddress(relayed))?;
+            for addr in [relayed.v4, relayed.v6].into_iter().flatten() {
+                w.add(&Attr::XorRelayedAddress(addr))?;
+            }
             w.add(&Attr::Lifetime(seconds))?;
             if let Some(token) = &token {
                 w.add(&Attr::ReservationToken(token))?;
@@ -223,7 +222,8 @@ impl<R: Relays> Server<R> {
         }
     }
 
-    /// RFC 8656 §7.3.
+    /// RFC 8656 §7.3. In a dual allocation, REQUESTED-ADDRESS-FAMILY with
+    /// LIFETIME 0 deletes that family's relay only.
     pub(super) fn refresh(
         &mut self,
         now: Instant,
@@ -235,22 +235,24 @@ impl<R: Relays> Server<R> {
         let id = self.owned(now, tuple, auth)?;
         let lifetimes = self.shared.config.lifetimes;
         let alloc = live_mut(&mut self.slots, id, now).ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        if let Some(Ok(Attr::RequestedAddressFamily(f))) =
-            msg.get(AttrType::REQUESTED_ADDRESS_FAMILY)
-            && f != Family::of(&alloc.relayed)
-        {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
-        }
+        let family = match msg.get(AttrType::REQUESTED_ADDRESS_FAMILY) {
+            Some(Ok(Attr::RequestedAddressFamily(f))) if alloc.relay(f).is_some() => Some(f),
+            Some(Ok(Attr::RequestedAddressFamily(_))) => {
+                return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            }
+            Some(_) => return Err(ErrorCode::BAD_REQUEST),
+            None => None,
+        };
         let lifetime = match msg.get(AttrType::LIFETIME) {
             Some(Ok(Attr::Lifetime(s))) => {
                 Duration::from_secs(u64::from(s)).min(lifetimes.allocation_max)
             }
             _ => lifetimes.allocation_default,
         };
-        if lifetime.is_zero() {
-            self.remove(id, now, EndReason::Deleted);
-        } else {
+        if !lifetime.is_zero() {
             alloc.expires = now + lifetime;
+        } else if !family.is_some_and(|f| alloc.drop_family(f)) {
+            self.remove(id, now, EndReason::Deleted);
         }
         let seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         self.respond(msg, out, msg.typ().success(), Some(auth), |w| {
@@ -258,4 +260,49 @@ impl<R: Relays> Server<R> {
         })
         .ok_or(ErrorCode::SERVER_ERROR)
     }
+}
+
+/// The Allocate attributes, checked in RFC 8656 §7.2's order.
+fn wanted(msg: &Message<'_>) -> Result<Wanted, ErrorCode> {
+    match msg.get(AttrType::REQUESTED_TRANSPORT) {
+        Some(Ok(Attr::RequestedTransport(TRANSPORT_UDP))) => {}
+        Some(Ok(Attr::RequestedTransport(_))) => {
+            return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
+        }
+        _ => return Err(ErrorCode::BAD_REQUEST),
+    }
+    let even_port = match msg.get(AttrType::EVEN_PORT) {
+        None => None,
+        Some(Ok(Attr::EvenPort { reserve_next })) => Some(reserve_next),
+        Some(_) => return Err(ErrorCode::BAD_REQUEST),
+    };
+    let token = match msg.get(AttrType::RESERVATION_TOKEN) {
+        None => None,
+        Some(Ok(Attr::ReservationToken(t))) => Some(*t),
+        Some(_) => return Err(ErrorCode::BAD_REQUEST),
+    };
+    let requested = match msg.get(AttrType::REQUESTED_ADDRESS_FAMILY) {
+        None => None,
+        Some(Ok(Attr::RequestedAddressFamily(f))) => Some(f),
+        Some(_) => return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
+    };
+    let dual = match msg.get(AttrType::ADDITIONAL_ADDRESS_FAMILY) {
+        None => false,
+        // Only IPv6 can be additional.
+        Some(Ok(Attr::AdditionalAddressFamily(Family::V6))) => true,
+        Some(_) => return Err(ErrorCode::BAD_REQUEST),
+    };
+    // These combinations make no sense.
+    if (token.is_some() && (even_port.is_some() || requested.is_some() || dual))
+        || (dual && requested.is_some())
+    {
+        return Err(ErrorCode::BAD_REQUEST);
+    }
+    Ok(Wanted {
+        family: requested.unwrap_or(Family::V4),
+        dual,
+        even_port,
+        token,
+        dont_fragment: msg.raw(AttrType::DONT_FRAGMENT).is_some(),
+    })
 }

@@ -27,7 +27,7 @@ use crate::allocation::Allocation;
 use crate::auth::Verified;
 use crate::ratelimit::RateLimiter;
 use crate::shared::Shared;
-use crate::{AllocationId, FiveTuple, Transport};
+use crate::{AllocationId, FiveTuple, Relayed, Transport};
 
 /// Bytes the runtime leaves free before a peer's payload, so the server
 /// can wrap it in ChannelData (4 bytes) or a Data indication (at most 48)
@@ -161,14 +161,14 @@ pub enum Event {
         id: AllocationId,
         username: Box<str>,
         tuple: FiveTuple,
-        relayed: SocketAddr,
+        relayed: Relayed,
         lifetime: Duration,
     },
     AllocationEnded {
         id: AllocationId,
         username: Box<str>,
         tuple: FiveTuple,
-        relayed: SocketAddr,
+        relayed: Relayed,
         reason: EndReason,
         duration: Duration,
         traffic: TrafficStats,
@@ -645,11 +645,12 @@ impl<R: Relays> Server<R> {
             .push(u32::try_from(id.index()).unwrap_or(u32::MAX));
         self.by_tuple.remove(&alloc.tuple);
         self.shared.release(&alloc.username);
+        let relayed = alloc.relayed();
         self.events.push_back(Event::AllocationEnded {
             id,
             username: alloc.username,
             tuple: alloc.tuple,
-            relayed: alloc.relayed,
+            relayed,
             reason,
             duration: now.saturating_duration_since(alloc.created),
             traffic: alloc.traffic,

@@ -42,10 +42,14 @@ impl<R: Relays> Server<R> {
         alloc.traffic.to_peer_bytes += bytes;
         self.stats.traffic.to_peer_packets += 1;
         self.stats.traffic.to_peer_bytes += bytes;
-        Output::ToPeer {
-            socket: &alloc.socket,
-            peer: dest,
-            data: cd.payload,
+        // The channel was bound through the relay of the peer's family.
+        match alloc.relay(Family::of(&dest)) {
+            Some(relay) => Output::ToPeer {
+                socket: &relay.socket,
+                peer: dest,
+                data: cd.payload,
+            },
+            None => Output::None,
         }
     }
 
@@ -78,13 +82,16 @@ impl<R: Relays> Server<R> {
             self.stats.client_dropped += 1;
             return Output::None;
         };
-        if Family::of(&peer) != Family::of(&alloc.relayed) || !alloc.permits(peer.ip(), now) {
+        let family = Family::of(&peer);
+        let Some(relayed) = alloc.relay(family).map(|r| r.relayed) else {
+            self.stats.client_dropped += 1;
+            return Output::None;
+        };
+        if !alloc.permits(peer.ip(), now) {
             self.stats.client_dropped += 1;
             return Output::None;
         }
-        if let Err(denied) =
-            policy.check_port(peer, Some(alloc.relayed), |_| relays.is_relayed(dest))
-        {
+        if let Err(denied) = policy.check_port(peer, Some(relayed), |_| relays.is_relayed(dest)) {
             self.stats.peer_denied.add(denied.as_str());
             return Output::None;
         }
@@ -93,10 +100,13 @@ impl<R: Relays> Server<R> {
         alloc.traffic.to_peer_bytes += bytes;
         self.stats.traffic.to_peer_packets += 1;
         self.stats.traffic.to_peer_bytes += bytes;
-        Output::ToPeer {
-            socket: &alloc.socket,
-            peer: dest,
-            data,
+        match alloc.relay(family) {
+            Some(relay) => Output::ToPeer {
+                socket: &relay.socket,
+                peer: dest,
+                data,
+            },
+            None => Output::None,
         }
     }
 
@@ -133,11 +143,8 @@ impl<R: Relays> Server<R> {
         let peers = peers.iter().flatten().copied();
         let limit = self.shared.config.limits.permissions_per_allocation;
         let permission = self.shared.config.lifetimes.permission;
-        let relayed = live(&self.slots, id, now)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?
-            .relayed;
         for peer in peers.clone() {
-            self.admit(relayed, peer)?;
+            self.admit(id, now, peer)?;
         }
         let alloc = live(&self.slots, id, now).ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
         let new = peers
@@ -177,10 +184,7 @@ impl<R: Relays> Server<R> {
         let lifetimes = self.shared.config.lifetimes;
         let limit = self.shared.config.limits.channels_per_allocation;
         let dest = self.as_bound(peer);
-        let relayed = live(&self.slots, id, now)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?
-            .relayed;
-        self.admit(relayed, peer)?;
+        self.admit(id, now, peer)?;
         let alloc = live(&self.slots, id, now).ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
         let rebind = alloc
             .may_bind(number, peer, now)
@@ -228,11 +232,20 @@ impl<R: Relays> Server<R> {
         Ok(id)
     }
 
-    /// The family and policy checks for a peer (RFC 8656 §9.1, §10).
-    pub(super) fn admit(&mut self, relayed: SocketAddr, peer: SocketAddr) -> Result<(), ErrorCode> {
-        if Family::of(&peer) != Family::of(&relayed) {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
-        }
+    /// The family and policy checks for a peer of allocation `id`
+    /// (RFC 8656 §9.1, §10): the allocation needs a relay of the peer's
+    /// family (443 otherwise), and the policy must allow the peer (403).
+    pub(super) fn admit(
+        &mut self,
+        id: AllocationId,
+        now: Instant,
+        peer: SocketAddr,
+    ) -> Result<(), ErrorCode> {
+        let relayed = live(&self.slots, id, now)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?
+            .relay(Family::of(&peer))
+            .ok_or(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH)?
+            .relayed;
         let dest = self.as_bound(peer);
         let relays = &self.relays;
         self.shared

@@ -37,7 +37,12 @@ pub struct FakeRelays {
     pub fail: Option<BindError>,
     /// Every address bound, as the runtime's port pool would know them.
     pub bound: std::collections::HashSet<SocketAddr>,
+    /// Whether IPv6 relays can be bound (on `RELAY_V6`).
+    pub ipv6: bool,
 }
+
+/// The harness's IPv6 relay address, when IPv6 is on.
+pub const RELAY_V6: &str = "2001:db8:1::1";
 
 impl Relays for FakeRelays {
     type Socket = SocketAddr;
@@ -48,9 +53,11 @@ impl Relays for FakeRelays {
         if let Some(e) = self.fail {
             return Err(e);
         }
-        if request.family != turnpike_turn::stun::Family::V4 {
-            return Err(BindError::FamilyNotSupported);
-        }
+        let ip: std::net::IpAddr = match request.family {
+            turnpike_turn::stun::Family::V4 => "10.0.0.1".parse().unwrap(),
+            turnpike_turn::stun::Family::V6 if self.ipv6 => RELAY_V6.parse().unwrap(),
+            turnpike_turn::stun::Family::V6 => return Err(BindError::FamilyNotSupported),
+        };
         if self.next_port == 0 {
             self.next_port = 50_000;
         }
@@ -59,7 +66,7 @@ impl Relays for FakeRelays {
         }
         let port = self.next_port;
         self.next_port += if request.reserve_next { 2 } else { 1 };
-        let addr: SocketAddr = SocketAddr::new("10.0.0.1".parse().unwrap(), port);
+        let addr: SocketAddr = SocketAddr::new(ip, port);
         self.bound.insert(addr);
         let reserved = request.reserve_next.then(|| {
             (
@@ -124,15 +131,25 @@ pub fn config(limits: Limits, allow: &[&str]) -> Config {
         deny: Vec::new(),
         own_ips: vec!["10.0.0.1".parse().unwrap(), "192.0.2.200".parse().unwrap()],
         listeners: vec!["0.0.0.0:3478".parse().unwrap()],
-        relay_ips: vec!["10.0.0.1".parse().unwrap(), "203.0.113.10".parse().unwrap()],
+        relay_ips: vec![
+            "10.0.0.1".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+            RELAY_V6.parse().unwrap(),
+        ],
     });
     Config {
         realm: REALM.into(),
         software: None,
-        relay_ips: vec![RelayIp {
-            bound: "10.0.0.1".parse().unwrap(),
-            advertised: "203.0.113.10".parse().unwrap(),
-        }],
+        relay_ips: vec![
+            RelayIp {
+                bound: "10.0.0.1".parse().unwrap(),
+                advertised: "203.0.113.10".parse().unwrap(),
+            },
+            RelayIp {
+                bound: RELAY_V6.parse().unwrap(),
+                advertised: RELAY_V6.parse().unwrap(),
+            },
+        ],
         lifetimes: Lifetimes::default(),
         limits,
         policy,
@@ -368,6 +385,17 @@ pub fn relayed(sent: &Sent) -> SocketAddr {
         Some(Ok(Attr::XorRelayedAddress(a))) => a,
         other => panic!("no XOR-RELAYED-ADDRESS: {other:?}"),
     }
+}
+
+/// Every XOR-RELAYED-ADDRESS of a success, in order.
+pub fn all_relayed(sent: &Sent) -> Vec<SocketAddr> {
+    sent.reply()
+        .get_all(AttrType::XOR_RELAYED_ADDRESS)
+        .map(|a| match a {
+            Ok(Attr::XorRelayedAddress(a)) => a,
+            other => panic!("{other:?}"),
+        })
+        .collect()
 }
 
 pub fn lifetime(sent: &Sent) -> u32 {
