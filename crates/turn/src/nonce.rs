@@ -2,7 +2,8 @@
 //!
 //! A nonce is the nonce cookie with the server's security features, then
 //! the time it was issued and a MAC over that time, the features and the
-//! client's 5-tuple side, under a key only the server knows. The server
+//! client's 5-tuple (its IP address only, on streams), under a key only the
+//! server knows. The server
 //! keeps nothing per nonce: a flood of spoofed Allocates costs it one HMAC
 //! each and no memory, and a nonce is useless from any other address or
 //! after its lifetime.
@@ -141,7 +142,15 @@ impl Nonces {
             Transport::Tcp => 1,
             Transport::Tls => 2,
         }]);
-        feed_addr(&mut mac, tuple.client);
+        // On a stream, a client's connections share its nonces: RFC 6062
+        // binds peer connections from new connections (a new source port)
+        // with the credentials of the control connection, and a TCP source
+        // address cannot be spoofed anyway. A UDP nonce holds for one source
+        // port only.
+        match tuple.transport {
+            Transport::Udp => feed_addr(&mut mac, tuple.client),
+            Transport::Tcp | Transport::Tls => feed_ip(&mut mac, tuple.client.ip()),
+        }
         feed_addr(&mut mac, tuple.server);
         let full = mac.finalize().into_bytes();
         let mut tag = [0u8; MAC_LEN];
@@ -153,12 +162,15 @@ impl Nonces {
 }
 
 fn feed_addr(mac: &mut Hmac<Sha256>, addr: SocketAddr) {
-    let ip = match addr.ip() {
+    feed_ip(mac, addr.ip());
+    mac.update(&addr.port().to_be_bytes());
+}
+
+fn feed_ip(mac: &mut Hmac<Sha256>, ip: IpAddr) {
+    mac.update(&match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
-    };
-    mac.update(&ip);
-    mac.update(&addr.port().to_be_bytes());
+    });
 }
 
 #[cfg(test)]
@@ -200,6 +212,40 @@ mod tests {
         assert!(
             !other_key.is_valid(s, t0 + Duration::from_secs(20), &a),
             "other key"
+        );
+    }
+
+    #[test]
+    fn on_streams_a_clients_connections_share_nonces() {
+        let t0 = Instant::now();
+        let nonces = Nonces::new(&[7; 32], t0, Duration::from_secs(600));
+        let on = |transport, client: &str| FiveTuple {
+            transport,
+            ..tuple(client)
+        };
+        let control = on(Transport::Tcp, "198.51.100.1:5000");
+        let nonce = nonces.issue(t0, &control);
+        let s = nonce.as_str();
+        assert!(
+            nonces.is_valid(s, t0, &on(Transport::Tcp, "198.51.100.1:5001")),
+            "another connection"
+        );
+        assert!(
+            !nonces.is_valid(s, t0, &on(Transport::Tcp, "198.51.100.2:5000")),
+            "another host"
+        );
+        assert!(
+            !nonces.is_valid(s, t0, &on(Transport::Tls, "198.51.100.1:5000")),
+            "another transport"
+        );
+        assert!(
+            !nonces.is_valid(s, t0, &on(Transport::Udp, "198.51.100.1:5000")),
+            "UDP"
+        );
+        let udp = nonces.issue(t0, &on(Transport::Udp, "198.51.100.1:5000"));
+        assert!(
+            !nonces.is_valid(udp.as_str(), t0, &on(Transport::Udp, "198.51.100.1:5001")),
+            "UDP binds the port"
         );
     }
 
