@@ -46,6 +46,8 @@ pub(crate) struct Allocation<S> {
     relays: [Option<Relay<S>>; 2],
     /// Why the IPv6 half of a dual allocation was not made, if it was not.
     pub refused_v6: Option<ErrorCode>,
+    /// A TCP allocation (RFC 6062): connections, not datagrams.
+    pub tcp: bool,
     pub reservation_token: Option<[u8; 8]>,
     pub created: Instant,
     pub expires: Instant,
@@ -76,6 +78,7 @@ impl<S> Allocation<S> {
             transaction,
             relays,
             refused_v6,
+            tcp: false,
             reservation_token,
             created: now,
             expires: now + lifetime,

@@ -92,4 +92,7 @@ pub struct Config {
     pub lifetimes: Lifetimes,
     pub limits: Limits,
     pub policy: PeerPolicy,
+    /// RFC 6062: TCP allocations, Connect and ConnectionBind. Off unless
+    /// asked for.
+    pub tcp_relay: bool,
 }

@@ -15,6 +15,7 @@ mod allocation;
 pub mod auth;
 pub mod cidr;
 mod config;
+mod connections;
 pub mod nonce;
 pub mod policy;
 mod ratelimit;
@@ -25,9 +26,10 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use config::{Config, Lifetimes, Limits, RelayIp};
+pub use connections::{ConnectionId, MAX_PER_ALLOCATION as MAX_CONNECTIONS_PER_ALLOCATION};
 pub use server::{
-    BindError, BindRequest, Bound, Counts, EndReason, Event, Output, PEER_HEADROOM, PEER_TAILROOM,
-    PeerOutput, Relays, Server, Stats, TrafficStats,
+    BIND_WINDOW, BindError, BindRequest, Bound, ConnectRequest, Counts, EndReason, Event, Output,
+    PEER_HEADROOM, PEER_TAILROOM, PeerConnection, PeerOutput, Relays, Server, Stats, TrafficStats,
 };
 pub use shared::Shared;
 pub use turnpike_stun as stun;

@@ -14,6 +14,7 @@ use turnpike_stun::ErrorCode;
 
 use crate::auth::Credentials;
 use crate::config::Config;
+use crate::connections::{ConnectionId, Connections};
 use crate::nonce::Nonces;
 
 /// What all shards share. `T` is the runtime's reserved-port handle
@@ -27,6 +28,7 @@ pub struct Shared<T = ()> {
     quota: Mutex<Quota>,
     reservations: Mutex<HashMap<[u8; 8], Reservation<T>>>,
     tokens_issued: AtomicU64,
+    pub(crate) connections: Connections,
 }
 
 impl<T> std::fmt::Debug for Shared<T> {
@@ -63,6 +65,7 @@ impl<T> Shared<T> {
             quota: Mutex::new(Quota::default()),
             reservations: Mutex::new(HashMap::new()),
             tokens_issued: AtomicU64::new(0),
+            connections: Connections::default(),
         }
     }
 
@@ -74,6 +77,18 @@ impl<T> Shared<T> {
     #[must_use]
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// An RFC 6062 peer connection ended (either side closed, or it was
+    /// never bound): its ID is free.
+    pub fn connection_ended(&self, id: ConnectionId) {
+        self.connections.remove(id);
+    }
+
+    /// RFC 6062 peer connections known, bound or waiting.
+    #[must_use]
+    pub fn tcp_connections(&self) -> usize {
+        self.connections.len()
     }
 
     /// Allocations alive on all shards.

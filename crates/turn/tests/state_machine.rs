@@ -788,8 +788,13 @@ fn another_user_on_the_same_five_tuple_gets_441() {
 fn transport_and_attribute_errors() {
     let mut h = Harness::new();
     let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    // TCP relaying (RFC 6062) is for clients on TCP or TLS.
     assert_eq!(
         code(&c.call(&mut h, Method::ALLOCATE, &[Attr::RequestedTransport(6)])),
+        Some(400)
+    );
+    assert_eq!(
+        code(&c.call(&mut h, Method::ALLOCATE, &[Attr::RequestedTransport(132)])),
         Some(442)
     );
     assert_eq!(code(&c.call(&mut h, Method::ALLOCATE, &[])), Some(400));
@@ -1051,6 +1056,200 @@ fn ipv6_only_allocation_and_family_rules() {
     assert_eq!(
         code(&d.call(&mut h, Method::ALLOCATE, &v4_additional)),
         Some(400)
+    );
+}
+
+/// A client on TCP with a TCP allocation (RFC 6062).
+fn tcp_allocated(h: &mut Harness, client: &str) -> Client {
+    let mut c = Client::new(client, "alice", "wonderland");
+    c.tuple.transport = Transport::Tcp;
+    let sent = c.call(h, Method::ALLOCATE, &[Attr::RequestedTransport(6)]);
+    assert!(is_success(&sent), "{:?}", sent.error_code());
+    c
+}
+
+fn connection_id(bytes: &[u8]) -> u32 {
+    match Message::parse(bytes).unwrap().get(AttrType::CONNECTION_ID) {
+        Some(Ok(Attr::ConnectionId(id))) => id,
+        other => panic!("no CONNECTION-ID: {other:?}"),
+    }
+}
+
+#[test]
+fn tcp_relay_connect_then_bind() {
+    let mut h = Harness::new();
+    let mut c = tcp_allocated(&mut h, "198.51.100.7:5000");
+    // Channels and Send carry datagrams: not on a TCP allocation.
+    let sent = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4000),
+            Attr::XorPeerAddress(peer(PEER)),
+        ],
+    );
+    assert_eq!(code(&sent), Some(400));
+    // Connect: the server is asked to connect...
+    let bytes = c.signed(Method::CONNECT, &[Attr::XorPeerAddress(peer(PEER))]);
+    let Sent::Connect { relay, request } = h.send(c.tuple, &bytes) else {
+        panic!("no connect")
+    };
+    assert_eq!(relay.ip().to_string(), "10.0.0.1");
+    assert_eq!(request.peer, peer(PEER));
+    // ...and the same peer again, meanwhile, is 446.
+    let again = c.signed(Method::CONNECT, &[Attr::XorPeerAddress(peer(PEER))]);
+    assert_eq!(code(&h.send(c.tuple, &again)), Some(446));
+    // Connected: the answer carries the connection ID, signed.
+    let mut out = vec![0u8; 1500];
+    let len = h
+        .server
+        .connect_done(h.now, request.clone(), true, &mut out)
+        .unwrap();
+    let answer = Message::parse(&out[..len]).unwrap();
+    assert_eq!(
+        answer.typ(),
+        MessageType::new(Method::CONNECT, Class::Success)
+    );
+    assert!(answer.verify_integrity(c.key().as_bytes()).is_ok());
+    let id = connection_id(&out[..len]);
+    assert_eq!(id, request.connection);
+    // ConnectionBind on a new connection of the client's, once.
+    let mut data = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    data.tuple.transport = Transport::Tcp;
+    // Its nonce is its own (nonces are bound to the 5-tuple).
+    let Sent::Bind { connection, reply } =
+        data.call(&mut h, Method::CONNECTION_BIND, &[Attr::ConnectionId(id)])
+    else {
+        panic!("no bind")
+    };
+    assert_eq!(connection, id);
+    assert_eq!(Message::parse(&reply).unwrap().class(), Class::Success);
+    let twice = data.signed(Method::CONNECTION_BIND, &[Attr::ConnectionId(id)]);
+    assert_eq!(code(&h.send(data.tuple, &twice)), Some(400));
+    // Not on the control connection itself, and not by another user.
+    let on_control = c.signed(Method::CONNECTION_BIND, &[Attr::ConnectionId(id)]);
+    assert_eq!(code(&h.send(c.tuple, &on_control)), Some(400));
+    assert_eq!(h.server.shared().tcp_connections(), 1);
+    h.server.shared().connection_ended(id);
+    assert_eq!(h.server.shared().tcp_connections(), 0);
+}
+
+#[test]
+fn tcp_relay_failures_and_timeouts() {
+    let mut h = Harness::new();
+    let mut c = tcp_allocated(&mut h, "198.51.100.7:5000");
+    let bytes = c.signed(Method::CONNECT, &[Attr::XorPeerAddress(peer(PEER))]);
+    let Sent::Connect { request, .. } = h.send(c.tuple, &bytes) else {
+        panic!("no connect")
+    };
+    let mut out = vec![0u8; 1500];
+    let len = h
+        .server
+        .connect_done(h.now, request, false, &mut out)
+        .unwrap();
+    assert_eq!(Sent::Reply(out[..len].to_vec()).error_code(), Some(447));
+    // The peer is free to try again; this time it connects but nobody
+    // binds it within 30 s.
+    let bytes = c.signed(Method::CONNECT, &[Attr::XorPeerAddress(peer(PEER))]);
+    let Sent::Connect { request, .. } = h.send(c.tuple, &bytes) else {
+        panic!("no connect")
+    };
+    let len = h
+        .server
+        .connect_done(h.now, request, true, &mut out)
+        .unwrap();
+    let id = connection_id(&out[..len]);
+    h.advance(secs(30));
+    let mut data = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    data.tuple.transport = Transport::Tcp;
+    let sent = data.call(&mut h, Method::CONNECTION_BIND, &[Attr::ConnectionId(id)]);
+    assert_eq!(code(&sent), Some(400));
+    // Policy applies to Connect.
+    let sent = c.call(
+        &mut h,
+        Method::CONNECT,
+        &[Attr::XorPeerAddress(peer("127.0.0.1:80"))],
+    );
+    assert_eq!(code(&sent), Some(403));
+    // A UDP allocation cannot Connect.
+    let mut u = allocated(&mut h, "198.51.100.8:5000");
+    assert_eq!(
+        code(&u.call(&mut h, Method::CONNECT, &[Attr::XorPeerAddress(peer(PEER))])),
+        Some(400)
+    );
+}
+
+#[test]
+fn tcp_relay_inbound_needs_a_permission_and_is_bound_by_its_owner() {
+    let mut h = Harness::new();
+    let mut c = tcp_allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    let mut out = vec![0u8; 1500];
+    assert!(
+        h.server
+            .peer_connected(h.now, id, peer(PEER), &mut out)
+            .is_none(),
+        "no permission"
+    );
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    let accepted = h
+        .server
+        .peer_connected(h.now, id, peer(PEER), &mut out)
+        .unwrap();
+    assert_eq!(accepted.control, c.tuple);
+    let attempt = Message::parse(&out[..accepted.len]).unwrap();
+    assert_eq!(
+        attempt.typ(),
+        MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication)
+    );
+    assert_eq!(
+        attempt.get(AttrType::XOR_PEER_ADDRESS),
+        Some(Ok(Attr::XorPeerAddress(peer(PEER))))
+    );
+    assert_eq!(connection_id(&out[..accepted.len]), accepted.connection);
+    assert!(
+        h.server
+            .peer_connected(h.now, id, peer(PEER), &mut out)
+            .is_none(),
+        "one connection per peer address"
+    );
+    // Bob cannot take Alice's connection.
+    let mut bob = Client::new("198.51.100.9:5000", "bob", "builder");
+    bob.tuple.transport = Transport::Tcp;
+    let sent = bob.call(
+        &mut h,
+        Method::CONNECTION_BIND,
+        &[Attr::ConnectionId(accepted.connection)],
+    );
+    assert_eq!(code(&sent), Some(441));
+    // Ending the allocation forgets its connections.
+    assert_eq!(
+        lifetime(&c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(0)])),
+        0
+    );
+    assert_eq!(h.server.shared().tcp_connections(), 0);
+}
+
+#[test]
+fn tcp_relay_is_off_unless_enabled() {
+    let mut config = common::config(Limits::default(), &[]);
+    config.tcp_relay = false;
+    let mut h = Harness::with_config(config);
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    c.tuple.transport = Transport::Tcp;
+    assert_eq!(
+        code(&c.call(&mut h, Method::ALLOCATE, &[Attr::RequestedTransport(6)])),
+        Some(442)
+    );
+    let bytes = c.unsigned(Method::CONNECT, &[]);
+    assert_eq!(
+        code(&h.send(c.tuple, &bytes)),
+        Some(400),
+        "an unknown method"
     );
 }
 

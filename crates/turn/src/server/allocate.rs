@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use turnpike_stun::attr::TRANSPORT_UDP;
+use turnpike_stun::attr::{TRANSPORT_TCP, TRANSPORT_UDP};
 use turnpike_stun::{Attr, AttrType, ErrorCode, Family, Message};
 
 use super::{
@@ -21,6 +21,8 @@ struct Wanted {
     even_port: Option<bool>,
     token: Option<[u8; 8]>,
     dont_fragment: bool,
+    /// REQUESTED-TRANSPORT TCP (RFC 6062).
+    tcp: bool,
 }
 
 impl<R: Relays> Server<R> {
@@ -51,6 +53,14 @@ impl<R: Relays> Server<R> {
             }
         }
         let wanted = wanted(msg)?;
+        // RFC 6062 §5.1: TCP relaying, when enabled, for clients on TCP or
+        // TLS.
+        if wanted.tcp && !self.shared.config.tcp_relay {
+            return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
+        }
+        if wanted.tcp && !tuple.transport.is_stream() {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
         let lifetime = self.allocation_lifetime(msg);
 
         self.shared.acquire(&auth.username)?;
@@ -65,7 +75,13 @@ impl<R: Relays> Server<R> {
         };
         let bound = match wanted.token {
             Some(token) => self.claim_reservation(id, &token, now),
-            None => self.bind(id, wanted.family, wanted.even_port, wanted.dont_fragment),
+            None => self.bind(
+                id,
+                wanted.family,
+                wanted.even_port,
+                wanted.dont_fragment,
+                wanted.tcp,
+            ),
         };
         let bound = match bound {
             Ok(bound) => bound,
@@ -92,7 +108,7 @@ impl<R: Relays> Server<R> {
         // the success response when it cannot be made.
         let mut refused_v6 = None;
         if wanted.dual {
-            match self.bind(id, Family::V6, None, wanted.dont_fragment) {
+            match self.bind(id, Family::V6, None, wanted.dont_fragment, false) {
                 Ok(v6) => {
                     if let Some(r) = relays.get_mut(slot(Family::V6)) {
                         *r = Some(Relay {
@@ -104,7 +120,7 @@ impl<R: Relays> Server<R> {
                 Err(code) => refused_v6 = Some(code),
             }
         }
-        let alloc = Allocation::new(
+        let mut alloc = Allocation::new(
             *tuple,
             auth.username.clone(),
             msg.transaction_id(),
@@ -114,6 +130,7 @@ impl<R: Relays> Server<R> {
             now,
             lifetime,
         );
+        alloc.tcp = wanted.tcp;
         let relayed = alloc.relayed();
         match self.slots.get_mut(index) {
             Some(slot) => slot.allocation = Some(alloc),
@@ -141,6 +158,7 @@ impl<R: Relays> Server<R> {
         family: Family,
         even_port: Option<bool>,
         dont_fragment: bool,
+        tcp: bool,
     ) -> Result<Bound<R::Socket, R::Reserved>, ErrorCode> {
         self.relays
             .bind(&BindRequest {
@@ -149,6 +167,7 @@ impl<R: Relays> Server<R> {
                 even_port: even_port.is_some(),
                 reserve_next: even_port == Some(true),
                 dont_fragment,
+                tcp,
             })
             .map_err(|e| match e {
                 BindError::FamilyNotSupported => ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
@@ -264,13 +283,14 @@ impl<R: Relays> Server<R> {
 
 /// The Allocate attributes, checked in RFC 8656 §7.2's order.
 fn wanted(msg: &Message<'_>) -> Result<Wanted, ErrorCode> {
-    match msg.get(AttrType::REQUESTED_TRANSPORT) {
-        Some(Ok(Attr::RequestedTransport(TRANSPORT_UDP))) => {}
+    let tcp = match msg.get(AttrType::REQUESTED_TRANSPORT) {
+        Some(Ok(Attr::RequestedTransport(TRANSPORT_UDP))) => false,
+        Some(Ok(Attr::RequestedTransport(TRANSPORT_TCP))) => true,
         Some(Ok(Attr::RequestedTransport(_))) => {
             return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
         }
         _ => return Err(ErrorCode::BAD_REQUEST),
-    }
+    };
     let even_port = match msg.get(AttrType::EVEN_PORT) {
         None => None,
         Some(Ok(Attr::EvenPort { reserve_next })) => Some(reserve_next),
@@ -292,9 +312,11 @@ fn wanted(msg: &Message<'_>) -> Result<Wanted, ErrorCode> {
         Some(Ok(Attr::AdditionalAddressFamily(Family::V6))) => true,
         Some(_) => return Err(ErrorCode::BAD_REQUEST),
     };
-    // These combinations make no sense.
+    let dont_fragment = msg.raw(AttrType::DONT_FRAGMENT).is_some();
+    // These combinations make no sense (RFC 8656 §7.2, RFC 6062 §5.1).
     if (token.is_some() && (even_port.is_some() || requested.is_some() || dual))
         || (dual && requested.is_some())
+        || (tcp && (token.is_some() || even_port.is_some() || dual || dont_fragment))
     {
         return Err(ErrorCode::BAD_REQUEST);
     }
@@ -303,6 +325,7 @@ fn wanted(msg: &Message<'_>) -> Result<Wanted, ErrorCode> {
         dual,
         even_port,
         token,
-        dont_fragment: msg.raw(AttrType::DONT_FRAGMENT).is_some(),
+        dont_fragment,
+        tcp,
     })
 }

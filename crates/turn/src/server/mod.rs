@@ -8,6 +8,9 @@
 mod allocate;
 mod authenticate;
 mod relay;
+mod tcp;
+
+pub use tcp::{BIND_WINDOW, ConnectRequest, PeerConnection};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use turnpike_stun::{
 
 use crate::allocation::Allocation;
 use crate::auth::Verified;
+use crate::connections::ConnectionId;
 use crate::ratelimit::RateLimiter;
 use crate::shared::Shared;
 use crate::{AllocationId, FiveTuple, Relayed, Transport};
@@ -75,6 +79,9 @@ pub struct BindRequest {
     pub reserve_next: bool,
     /// DONT-FRAGMENT: send with the DF bit set.
     pub dont_fragment: bool,
+    /// A TCP relay (RFC 6062): a listening socket that peers connect to,
+    /// and that Connect connects from.
+    pub tcp: bool,
 }
 
 /// A bound relay, and the port reserved with it, if one was asked for.
@@ -109,6 +116,18 @@ pub enum Output<'a, S> {
         socket: &'a S,
         peer: SocketAddr,
         data: &'a [u8],
+    },
+    /// RFC 6062 Connect: open a TCP connection from the relay `socket` to
+    /// `request.peer`, then hand the outcome to [`Server::connect_done`].
+    Connect {
+        socket: &'a S,
+        request: ConnectRequest,
+    },
+    /// RFC 6062 ConnectionBind: send `out[..reply]`, then carry this
+    /// client connection's bytes to and from peer connection `connection`.
+    Bind {
+        connection: ConnectionId,
+        reply: usize,
     },
 }
 
@@ -363,6 +382,7 @@ impl<R: Relays> Server<R> {
     /// and drops expired port reservations.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.shared.expire_reservations(now);
+        self.shared.connections.expire(now);
         if self.next_timeout.is_some_and(|t| t > now) {
             return;
         }
@@ -493,10 +513,7 @@ impl<R: Relays> Server<R> {
         out: &mut [u8],
     ) -> Output<'a, R::Socket> {
         match msg.class() {
-            Class::Request => match self.request(now, tuple, msg, out) {
-                Some(len) => Output::Reply(len),
-                None => Output::None,
-            },
+            Class::Request => self.request(now, tuple, msg, out),
             Class::Indication if msg.method() == Method::SEND => {
                 self.send_indication(now, tuple, msg)
             }
@@ -505,41 +522,49 @@ impl<R: Relays> Server<R> {
         }
     }
 
-    fn request(
-        &mut self,
+    fn request<'a>(
+        &'a mut self,
         now: Instant,
         tuple: &FiveTuple,
         msg: &Message<'_>,
         out: &mut [u8],
-    ) -> Answer {
+    ) -> Output<'a, R::Socket> {
+        let reply = |answer: Answer| answer.map_or(Output::None, Output::Reply);
         let method = msg.method();
         if method == Method::BINDING {
-            return self.binding(now, tuple, msg, out);
+            return reply(self.binding(now, tuple, msg, out));
         }
-        if !matches!(
+        let tcp_relay = self.shared.config.tcp_relay;
+        let known = matches!(
             method,
             Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
-        ) {
+        ) || (tcp_relay && matches!(method, Method::CONNECT | Method::CONNECTION_BIND));
+        if !known {
             // Unknown methods, and RFC 6062's while TCP relaying is off.
-            return self.unauthenticated_error(now, tuple, msg, out, ErrorCode::BAD_REQUEST);
+            return reply(self.unauthenticated_error(now, tuple, msg, out, ErrorCode::BAD_REQUEST));
         }
         let auth = match self.authenticate(now, tuple, msg, out) {
             Ok(auth) => auth,
-            Err(answer) => return answer,
+            Err(answer) => return reply(answer),
         };
         if !msg.unknown_comprehension_required().is_empty() {
             let unknown = msg.unknown_comprehension_required();
-            return self.unknown_attributes(msg, out, unknown, Some(&auth));
+            return reply(self.unknown_attributes(msg, out, unknown, Some(&auth)));
         }
         let result = match method {
+            Method::CONNECT => return self.connect(now, tuple, msg, auth, out),
+            Method::CONNECTION_BIND => match self.connection_bind(now, tuple, msg, &auth, out) {
+                Ok((connection, reply)) => return Output::Bind { connection, reply },
+                Err(code) => Err(code),
+            },
             Method::ALLOCATE => self.allocate(now, tuple, msg, &auth, out),
             Method::REFRESH => self.refresh(now, tuple, msg, &auth, out),
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth, out),
             _ => self.channel_bind(now, tuple, msg, &auth, out),
         };
         match result {
-            Ok(len) => Some(len),
-            Err(code) => self.error(msg, out, code, Some(&auth), |_| Ok(())),
+            Ok(len) => Output::Reply(len),
+            Err(code) => reply(self.error(msg, out, code, Some(&auth), |_| Ok(()))),
         }
     }
 
@@ -615,6 +640,18 @@ impl<R: Relays> Server<R> {
     ) -> Answer {
         let mut w = MessageWriter::new(out, typ, msg.transaction_id()).ok()?;
         body(&mut w).ok()?;
+        self.sign(&mut w, auth, msg.has_fingerprint())?;
+        Some(w.finish())
+    }
+
+    /// Ends an answer: SOFTWARE if configured, the integrity the request
+    /// used if it was authenticated, a FINGERPRINT if it had one.
+    fn sign(
+        &self,
+        w: &mut MessageWriter<'_>,
+        auth: Option<&Verified>,
+        fingerprint: bool,
+    ) -> Option<()> {
         if let Some(software) = &self.shared.config.software {
             w.add(&Attr::Software(software)).ok()?;
         }
@@ -624,10 +661,10 @@ impl<R: Relays> Server<R> {
                 Integrity::Sha256 => w.message_integrity_sha256(auth.key.as_bytes()).ok()?,
             }
         }
-        if msg.has_fingerprint() {
+        if fingerprint {
             w.fingerprint().ok()?;
         }
-        Some(w.finish())
+        Some(())
     }
 
     fn remove(&mut self, id: AllocationId, now: Instant, reason: EndReason) {
@@ -646,6 +683,11 @@ impl<R: Relays> Server<R> {
         self.by_tuple.remove(&alloc.tuple);
         self.shared.release(&alloc.username);
         let relayed = alloc.relayed();
+        if alloc.tcp {
+            for addr in [relayed.v4, relayed.v6].into_iter().flatten() {
+                self.shared.connections.remove_allocation(addr);
+            }
+        }
         self.events.push_back(Event::AllocationEnded {
             id,
             username: alloc.username,
@@ -716,7 +758,7 @@ fn data_indication_prefix(peer: &SocketAddr) -> usize {
     turnpike_stun::HEADER_LEN + 4 + addr + 4
 }
 
-fn error_label(code: ErrorCode) -> &'static str {
+pub(super) fn error_label(code: ErrorCode) -> &'static str {
     match code.0 {
         400 => "400",
         401 => "401",
@@ -728,6 +770,8 @@ fn error_label(code: ErrorCode) -> &'static str {
         441 => "441",
         442 => "442",
         443 => "443",
+        446 => "446",
+        447 => "447",
         486 => "486",
         508 => "508",
         _ => "other",

@@ -83,7 +83,11 @@ impl<R: Relays> Server<R> {
             return Output::None;
         };
         let family = Family::of(&peer);
-        let Some(relayed) = alloc.relay(family).map(|r| r.relayed) else {
+        let Some(relayed) = alloc
+            .relay(family)
+            .filter(|_| !alloc.tcp)
+            .map(|r| r.relayed)
+        else {
             self.stats.client_dropped += 1;
             return Output::None;
         };
@@ -181,6 +185,10 @@ impl<R: Relays> Server<R> {
             Some(Ok(Attr::XorPeerAddress(p))) => p,
             _ => return Err(ErrorCode::BAD_REQUEST),
         };
+        // Channels carry datagrams; a TCP allocation has none (RFC 6062 §5).
+        if live(&self.slots, id, now).is_some_and(|a| a.tcp) {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
         let lifetimes = self.shared.config.lifetimes;
         let limit = self.shared.config.limits.channels_per_allocation;
         let dest = self.as_bound(peer);

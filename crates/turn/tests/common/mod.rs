@@ -22,8 +22,9 @@ use turnpike_turn::stun::{
     PasswordAlgorithm, TransactionId,
 };
 use turnpike_turn::{
-    AllocationId, BindError, BindRequest, Bound, Config, Event, FiveTuple, Lifetimes, Limits,
-    Output, PEER_HEADROOM, PEER_TAILROOM, RelayIp, Relays, Server, Shared, Transport,
+    AllocationId, BindError, BindRequest, Bound, Config, ConnectRequest, Event, FiveTuple,
+    Lifetimes, Limits, Output, PEER_HEADROOM, PEER_TAILROOM, RelayIp, Relays, Server, Shared,
+    Transport,
 };
 
 pub const REALM: &str = "turnpike.test";
@@ -100,6 +101,14 @@ pub enum Sent {
         peer: SocketAddr,
         data: Vec<u8>,
     },
+    Connect {
+        relay: SocketAddr,
+        request: ConnectRequest,
+    },
+    Bind {
+        connection: u32,
+        reply: Vec<u8>,
+    },
 }
 
 impl Sent {
@@ -153,6 +162,7 @@ pub fn config(limits: Limits, allow: &[&str]) -> Config {
         lifetimes: Lifetimes::default(),
         limits,
         policy,
+        tcp_relay: true,
     }
 }
 
@@ -209,6 +219,14 @@ impl Harness {
                 relay: *socket,
                 peer,
                 data: data.to_vec(),
+            },
+            Output::Connect { socket, request } => Sent::Connect {
+                relay: *socket,
+                request,
+            },
+            Output::Bind { connection, reply } => Sent::Bind {
+                connection,
+                reply: out[..reply].to_vec(),
             },
         };
         self.drain();
