@@ -245,8 +245,13 @@ fn echoes(child: &mut Child, addr: SocketAddr) -> bool {
 /// A server on loopback that relays to loopback peers, reachable over UDP,
 /// TCP and TLS.
 fn relay_server() -> ServerProcess {
+    relay_server_with(&[])
+}
+
+fn relay_server_with(extra: &[&str]) -> ServerProcess {
     let mut args = loopback_args();
     args.extend(["--allow-peer", "127.0.0.0/8"]);
+    args.extend(extra);
     ServerProcess::start_every_transport(&args)
 }
 
@@ -318,11 +323,14 @@ fn stunclient_learns_its_reflexive_address() {
 
 /// Runs `turnutils_uclient` with `credentials` and `mode` against a fresh
 /// server `via` a transport, with `turnutils_peer` as the peer, and checks
-/// that all 2000 messages came back and that the server saw them.
+/// that all 2000 messages came back and that the server saw them. With
+/// `-T` in `mode` the clients relay to one another over RFC 6062 TCP
+/// connections instead.
 fn uclient(via: Via, credentials: &[&str], mode: &[&str]) {
     let uclient = require!(tool("turnutils_uclient"));
     let peer_program = require!(tool("turnutils_peer"));
-    let mut server = relay_server();
+    let tcp_relay = mode.contains(&"-T");
+    let mut server = relay_server_with(if tcp_relay { &["--relay-tcp"] } else { &[] });
     let peer = CoturnPeer::start(&peer_program);
     let server_port = server.addr_for(via).port().to_string();
     let peer_port = peer.port.to_string();
@@ -396,6 +404,10 @@ fn uclient(via: Via, credentials: &[&str], mode: &[&str]) {
 
     assert!(server.is_running(), "the server died:\n{out}");
     drop(peer);
+    if tcp_relay {
+        check_tcp_relay_log(server, out);
+        return;
+    }
     // uclient allocates twice per client: a probe it abandons without
     // deleting (it looks for ALTERNATE-SERVER) and the allocation it relays
     // on. The probes end when the server stops.
@@ -412,6 +424,46 @@ fn uclient(via: Via, credentials: &[&str], mode: &[&str]) {
     // The server's own count of what it relayed agrees with the client's.
     assert_eq!(sum_of(&ended, "to_peer_packets="), expected, "{ended:#?}");
     assert_eq!(sum_of(&ended, "to_client_packets="), expected, "{ended:#?}");
+}
+
+/// After `turnutils_uclient -T`: every client connected to every other
+/// (one Connect per pair, answered by a ConnectionAttempt at the other end),
+/// all 380 peer connections were bound and joined, and the server carried
+/// every byte the clients sent.
+fn check_tcp_relay_log(server: ServerProcess, out: &str) {
+    let clients = usize::try_from(UCLIENT_CLIENTS).unwrap();
+    let joined = clients * (clients - 1);
+    assert!(
+        out.contains(&format!("{joined} connections are completed")),
+        "not every peer connection was bound:\n{out}"
+    );
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "the server exits cleanly:\n{log}");
+    assert!(
+        !log.contains(" WARN ") && !log.contains(" ERROR "),
+        "the server warned:\n{log}"
+    );
+    let lines = |what: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    };
+    let created = lines("allocation created");
+    let ended = lines("allocation ended");
+    assert_eq!(created.len(), ended.len(), "{log}");
+    assert!(created.iter().all(|l| l.contains("transport=tcp")), "{log}");
+    // The clients' allocations are deleted; the probes before them close.
+    let deleted = ended
+        .iter()
+        .filter(|l| l.contains("reason=\"deleted\""))
+        .count();
+    assert_eq!(deleted, clients, "{ended:#?}");
+    let peers = lines("peer connection ended");
+    assert_eq!(peers.len(), joined, "{log}");
+    let bytes = UCLIENT_CLIENTS * UCLIENT_MESSAGES * 500;
+    assert_eq!(sum_of(&peers, "to_peer_bytes="), bytes, "{peers:#?}");
+    assert_eq!(sum_of(&peers, "to_client_bytes="), bytes, "{peers:#?}");
 }
 
 #[test]
@@ -437,6 +489,12 @@ fn uclient_relays_over_send_indications_with_rest_credentials() {
 #[test]
 fn uclient_relays_over_tcp() {
     uclient(Via::Tcp, &["-u", "alice", "-w", "wonderland"], &[]);
+}
+
+#[test]
+fn uclient_relays_over_tcp_connections() {
+    // RFC 6062: -T makes uclient's control and data connections TCP.
+    uclient(Via::Tcp, &["-u", "alice", "-w", "wonderland"], &["-T"]);
 }
 
 #[test]

@@ -668,6 +668,58 @@ impl TurnClient {
         }
     }
 
+    /// An RFC 6062 TCP allocation: its relayed address, or the error code.
+    pub fn allocate_tcp(&mut self) -> Result<SocketAddr, u16> {
+        let r = self.request(Method::ALLOCATE, &[Attr::RequestedTransport(6)]);
+        match (r.code(), r.msg().get(AttrType::XOR_RELAYED_ADDRESS)) {
+            (None, Some(Ok(Attr::XorRelayedAddress(a)))) => Ok(a),
+            (code, _) => Err(code.unwrap_or(0)),
+        }
+    }
+
+    /// RFC 6062 Connect: the new connection's ID, or the error code.
+    pub fn connect(&mut self, peer: SocketAddr) -> Result<u32, u16> {
+        let r = self.request(Method::CONNECT, &[Attr::XorPeerAddress(peer)]);
+        match (r.code(), r.msg().get(AttrType::CONNECTION_ID)) {
+            (None, Some(Ok(Attr::ConnectionId(id)))) => Ok(id),
+            (code, _) => Err(code.unwrap_or(0)),
+        }
+    }
+
+    /// RFC 6062 ConnectionBind on this (new) connection; from then on it
+    /// carries the peer's bytes.
+    pub fn connection_bind(&mut self, id: u32) -> Result<(), u16> {
+        match self
+            .request(Method::CONNECTION_BIND, &[Attr::ConnectionId(id)])
+            .code()
+        {
+            None => Ok(()),
+            Some(code) => Err(code),
+        }
+    }
+
+    /// Raw bytes from the stream (after a ConnectionBind), what was read
+    /// past the last message first, until `want` bytes are in or `timeout`
+    /// passes.
+    pub fn read_bytes(&mut self, want: usize, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut got = std::mem::take(&mut self.pending);
+        let mut buf = vec![0u8; 65536];
+        while got.len() < want && Instant::now() < deadline {
+            match self.link.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
     /// Whether the server has closed this client's stream, within `timeout`.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

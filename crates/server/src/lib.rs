@@ -7,7 +7,10 @@
 //! - [`serve::start`]: binds the listeners (one SO_REUSEPORT socket per
 //!   shard) and starts one thread per shard.
 //! - `shard`: a shard's event loop: listeners, relay sockets, the timer.
-//! - `relay`: relay sockets and the port pool.
+//! - `relay`: relay sockets (UDP, and RFC 6062 TCP) and the port pool.
+//! - `tcp_relay`: RFC 6062 peer connections: Connect, accept, bind, join.
+//! - `stream`: TURN over TCP and TLS, and the port shared with HTTP(S).
+//! - `http`, `tls`: the HTTP side and certificates.
 //! - `listener`: batched receive with destination addresses.
 //! - `sys`: the socket options that need `unsafe`.
 
@@ -23,6 +26,7 @@ mod shard;
 pub mod state;
 mod stream;
 mod sys;
+mod tcp_relay;
 pub mod tls;
 
 pub use config::{Config, ConfigError, Overrides};

@@ -9,6 +9,7 @@ use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 
 use rand::RngExt as _;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use turnpike_turn::stun::Family;
 use turnpike_turn::{AllocationId, BindError, BindRequest, Bound, Relays};
@@ -17,6 +18,7 @@ use crate::config::PortRange;
 use crate::net::bind_udp;
 use crate::shard::{self, Shard};
 use crate::sys;
+use crate::tcp_relay;
 
 /// How many ports one Allocate may try before giving up with 508.
 const MAX_ATTEMPTS: usize = 64;
@@ -100,8 +102,10 @@ pub(crate) struct ReservedPort {
     lease: PortLease,
 }
 
-/// An allocation's relay socket. Dropping it stops its reader task, which
-/// holds the last other reference, and so closes the socket.
+/// An allocation's relay socket. Dropping it stops its task (the UDP
+/// reader or the TCP acceptor), which holds the last other reference, and
+/// so closes the socket; for a TCP relay it also ends the peer connections
+/// made through it.
 #[derive(Debug)]
 pub(crate) struct RelaySocket {
     inner: Rc<RelayInner>,
@@ -109,9 +113,22 @@ pub(crate) struct RelaySocket {
 
 #[derive(Debug)]
 pub(crate) struct RelayInner {
-    pub(crate) socket: tokio::net::UdpSocket,
-    reader: RefCell<Option<AbortHandle>>,
+    pub(crate) kind: RelayKind,
+    /// The bound address.
+    pub(crate) local: SocketAddr,
+    task: RefCell<Option<AbortHandle>>,
     _lease: PortLease,
+}
+
+/// What a relay carries.
+#[derive(Debug)]
+pub(crate) enum RelayKind {
+    /// Datagrams, on this socket.
+    Udp(tokio::net::UdpSocket),
+    /// TCP connections (RFC 6062): peers connect to a listening socket
+    /// (owned by the acceptor task); `closed` ends every connection of the
+    /// allocation when the relay goes.
+    Tcp { closed: watch::Sender<()> },
 }
 
 impl RelaySocket {
@@ -121,29 +138,45 @@ impl RelaySocket {
     /// socket, before the runtime has seen it writable.
     #[inline]
     pub(crate) fn send_to(&self, data: &[u8], peer: SocketAddr) -> io::Result<usize> {
-        socket2::SockRef::from(&self.inner.socket).send_to(data, &peer.into())
+        match &self.inner.kind {
+            RelayKind::Udp(socket) => socket2::SockRef::from(socket).send_to(data, &peer.into()),
+            RelayKind::Tcp { .. } => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// The bound address, which a TCP relay connects from.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// For a TCP relay: a signal that the allocation has ended.
+    pub(crate) fn closed(&self) -> Option<watch::Receiver<()>> {
+        match &self.inner.kind {
+            RelayKind::Tcp { closed } => Some(closed.subscribe()),
+            RelayKind::Udp(_) => None,
+        }
     }
 }
 
 impl Drop for RelaySocket {
     fn drop(&mut self) {
-        if let Some(reader) = self.inner.reader.borrow_mut().take() {
-            reader.abort();
+        if let Some(task) = self.inner.task.borrow_mut().take() {
+            task.abort();
         }
     }
 }
 
-/// Binds relay sockets for one shard and starts their readers on it.
+/// Binds relay sockets for one shard and starts their tasks on it.
 #[derive(Debug)]
-pub(crate) struct UdpRelays {
+pub(crate) struct Binder {
     ipv4: Option<IpAddr>,
     ipv6: Option<IpAddr>,
     pool: Arc<Mutex<PortPool>>,
-    /// The shard the readers deliver to; set once the shard exists.
+    /// The shard the tasks deliver to; set once the shard exists.
     pub(crate) shard: Weak<RefCell<Shard>>,
 }
 
-impl UdpRelays {
+impl Binder {
     pub(crate) fn new(addresses: &[IpAddr], pool: Arc<Mutex<PortPool>>) -> Self {
         Self {
             ipv4: addresses.iter().copied().find(IpAddr::is_ipv4),
@@ -153,29 +186,92 @@ impl UdpRelays {
         }
     }
 
-    fn start(
+    fn start_udp(
         &self,
         id: AllocationId,
         socket: std::net::UdpSocket,
         lease: PortLease,
     ) -> Result<RelaySocket, BindError> {
+        let local = socket.local_addr().map_err(|_| BindError::Failed)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(|_| BindError::Failed)?;
         let inner = Rc::new(RelayInner {
-            socket,
-            reader: RefCell::new(None),
+            kind: RelayKind::Udp(socket),
+            local,
+            task: RefCell::new(None),
             _lease: lease,
         });
-        let reader = tokio::task::spawn_local(shard::relay_reader(
+        let task = tokio::task::spawn_local(shard::relay_reader(
             self.shard.clone(),
             Rc::clone(&inner),
             id,
         ));
-        *inner.reader.borrow_mut() = Some(reader.abort_handle());
+        *inner.task.borrow_mut() = Some(task.abort_handle());
+        Ok(RelaySocket { inner })
+    }
+
+    fn start_tcp(
+        &self,
+        id: AllocationId,
+        listener: std::net::TcpListener,
+        lease: PortLease,
+    ) -> Result<RelaySocket, BindError> {
+        let local = listener.local_addr().map_err(|_| BindError::Failed)?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|_| BindError::Failed)?;
+        let (closed, ended) = watch::channel(());
+        let inner = Rc::new(RelayInner {
+            kind: RelayKind::Tcp { closed },
+            local,
+            task: RefCell::new(None),
+            _lease: lease,
+        });
+        let task = tokio::task::spawn_local(tcp_relay::accept_peers(
+            self.shard.clone(),
+            listener,
+            id,
+            ended,
+        ));
+        *inner.task.borrow_mut() = Some(task.abort_handle());
         Ok(RelaySocket { inner })
     }
 }
 
-impl Relays for UdpRelays {
+/// A TCP relay's listening socket: it shares its port with the
+/// connections Connect makes from it (SO_REUSEPORT).
+fn bind_tcp_relay(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// A TCP connection from a TCP relay's address to `peer` (RFC 6062 §5.2).
+pub(crate) async fn connect_from(
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> io::Result<tokio::net::TcpStream> {
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(local)?;
+    socket.connect(peer).await
+}
+
+impl Relays for Binder {
     type Socket = RelaySocket;
     type Reserved = ReservedPort;
 
@@ -188,12 +284,16 @@ impl Relays for UdpRelays {
             Family::V6 => self.ipv6,
         }
         .ok_or(BindError::FamilyNotSupported)?;
-        let bind_one = |port: u16| -> Option<std::net::UdpSocket> {
-            let socket = bind_udp(SocketAddr::new(ip, port), false).ok()?;
+        let bind_one = |port: u16| -> Option<Either> {
+            let addr = SocketAddr::new(ip, port);
+            if request.tcp {
+                return bind_tcp_relay(addr).ok().map(Either::Tcp);
+            }
+            let socket = bind_udp(addr, false).ok()?;
             if request.dont_fragment {
                 sys::set_dont_fragment(&socket, ip.is_ipv6()).ok()?;
             }
-            Some(socket)
+            Some(Either::Udp(socket))
         };
 
         let mut pool = self.pool.lock().map_err(|_| BindError::Failed)?;
@@ -239,7 +339,10 @@ impl Relays for UdpRelays {
                     SocketAddr::new(ip, next),
                 )
             });
-            let socket = self.start(request.id, socket, lease(port))?;
+            let socket = match socket {
+                Either::Udp(socket) => self.start_udp(request.id, socket, lease(port))?,
+                Either::Tcp(listener) => self.start_tcp(request.id, listener, lease(port))?,
+            };
             return Ok(Bound {
                 socket,
                 addr: SocketAddr::new(ip, port),
@@ -262,8 +365,14 @@ impl Relays for UdpRelays {
         id: AllocationId,
         reserved: ReservedPort,
     ) -> Result<RelaySocket, BindError> {
-        self.start(id, reserved.socket, reserved.lease)
+        self.start_udp(id, reserved.socket, reserved.lease)
     }
+}
+
+/// A freshly bound relay socket of either kind.
+enum Either {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener),
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::http::{self, HttpState, Minter, Reports};
 use crate::relay::PortPool;
 use crate::shard::{self, ShardSetup};
 use crate::stream::StreamListener;
+use crate::tcp_relay::Parked;
 use crate::tls::{self, CertStore, Source};
 use crate::{net, state};
 
@@ -261,6 +262,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         },
         limits: config.limits,
         policy,
+        tcp_relay: config.relay_tcp,
     };
     let credentials = Credentials::new(
         &realm,
@@ -281,6 +283,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     let pool = Arc::new(Mutex::new(PortPool::new(config.relay_ports)));
     let open_connections = Arc::new(AtomicUsize::new(0));
+    let parked = Parked::default();
 
     let (shutdown, watcher) = watch::channel(false);
     let mut threads_running = Vec::with_capacity(threads + 2);
@@ -308,6 +311,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
             listeners: udp,
             stream_listeners,
             reports: Arc::clone(&reports),
+            parked: parked.clone(),
             seed: random(),
             shutdown: watcher.clone(),
         };

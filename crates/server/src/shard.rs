@@ -18,13 +18,15 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use turnpike_turn::policy::canonical;
 use turnpike_turn::{
-    AllocationId, Event, FiveTuple, Output, PEER_HEADROOM, PEER_TAILROOM, Server, Shared, Transport,
+    AllocationId, ConnectRequest, ConnectionId, Event, FiveTuple, Output, PEER_HEADROOM,
+    PEER_TAILROOM, PeerConnection, Server, Shared, Transport,
 };
 
 use crate::http::{Reports, ShardReport};
 use crate::listener::Listener;
-use crate::relay::{PortPool, RelayInner, ReservedPort, UdpRelays};
+use crate::relay::{Binder, PortPool, RelayInner, RelayKind, ReservedPort};
 use crate::stream::{self, Outbound, StreamListener};
+use crate::tcp_relay::{self, Parked};
 
 /// Datagrams taken from a relay socket, and batches from a listener, per
 /// turn before the other sockets of the shard get theirs.
@@ -39,10 +41,14 @@ const MAX_PEER_PAYLOAD: usize = 65_535;
 /// Everything one shard owns.
 pub(crate) struct Shard {
     index: usize,
-    pub(crate) server: Server<UdpRelays>,
+    /// This shard, for the tasks it spawns.
+    me: Weak<RefCell<Shard>>,
+    pub(crate) server: Server<Binder>,
     listeners: Vec<Rc<Listener>>,
     /// The TCP and TLS clients, by 5-tuple.
     pub(crate) connections: HashMap<FiveTuple, Rc<Outbound>>,
+    /// RFC 6062 peer connections waiting for a ConnectionBind.
+    pub(crate) parked: Parked,
     pub(crate) streams: StreamCounters,
     reports: Arc<Reports>,
     /// Answers to clients are written here.
@@ -70,6 +76,7 @@ pub(crate) struct ShardSetup {
     pub(crate) listeners: Vec<std::net::UdpSocket>,
     pub(crate) stream_listeners: Vec<(std::net::TcpListener, StreamListener)>,
     pub(crate) reports: Arc<Reports>,
+    pub(crate) parked: Parked,
     pub(crate) seed: [u8; 32],
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -105,6 +112,7 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
         listeners,
         stream_listeners,
         reports,
+        parked,
         seed,
         mut shutdown,
     } = setup;
@@ -112,23 +120,27 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
         .into_iter()
         .map(|s| Listener::new(s).map(Rc::new))
         .collect::<io::Result<Vec<_>>>()?;
-    let relays = UdpRelays::new(&relay_ips, pool);
+    let mut relays = Binder::new(&relay_ips, pool);
     let batch = quinn_udp::BATCH_SIZE;
     let now = Instant::now();
-    let shard = Rc::new(RefCell::new(Shard {
-        index,
-        server: Server::new(shared, relays, seed, now, unix_now()),
-        listeners: listeners.clone(),
-        connections: HashMap::new(),
-        streams: StreamCounters::default(),
-        reports,
-        reply: vec![0; 2048].into_boxed_slice(),
-        peer_buf: vec![0; PEER_HEADROOM + MAX_PEER_PAYLOAD + PEER_TAILROOM].into_boxed_slice(),
-        rx: vec![0; RX_SLOT * batch].into_boxed_slice(),
-        rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
-        send_errors: 0,
-    }));
-    shard.borrow_mut().server.relays_mut().shard = Rc::downgrade(&shard);
+    let shard = Rc::new_cyclic(|me: &Weak<RefCell<Shard>>| {
+        relays.shard = me.clone();
+        RefCell::new(Shard {
+            index,
+            me: me.clone(),
+            server: Server::new(shared, relays, seed, now, unix_now()),
+            listeners: listeners.clone(),
+            connections: HashMap::new(),
+            parked,
+            streams: StreamCounters::default(),
+            reports,
+            reply: vec![0; 2048].into_boxed_slice(),
+            peer_buf: vec![0; PEER_HEADROOM + MAX_PEER_PAYLOAD + PEER_TAILROOM].into_boxed_slice(),
+            rx: vec![0; RX_SLOT * batch].into_boxed_slice(),
+            rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
+            send_errors: 0,
+        })
+    });
 
     for listener in listeners {
         tokio::task::spawn_local(listen(Rc::downgrade(&shard), listener));
@@ -173,8 +185,11 @@ pub(crate) async fn relay_reader(
     relay: Rc<RelayInner>,
     id: AllocationId,
 ) {
+    let RelayKind::Udp(socket) = &relay.kind else {
+        return;
+    };
     loop {
-        if relay.socket.readable().await.is_err() {
+        if socket.readable().await.is_err() {
             return;
         }
         let Some(shard) = shard.upgrade() else { return };
@@ -264,6 +279,9 @@ impl Shard {
                                 *send_errors += 1;
                             }
                         }
+                        // RFC 6062 runs over streams only: the server
+                        // refuses it over UDP before it gets here.
+                        Output::Connect { .. } | Output::Bind { .. } => {}
                     }
                 }
             }
@@ -276,12 +294,15 @@ impl Shard {
     /// whether more may be waiting.
     fn drain_relay(&mut self, relay: &RelayInner, id: AllocationId) -> bool {
         let now = Instant::now();
+        let RelayKind::Udp(socket) = &relay.kind else {
+            return false;
+        };
         let payload = PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_PAYLOAD;
         for _ in 0..PEER_BATCH {
             let Some(room) = self.peer_buf.get_mut(payload.clone()) else {
                 return false;
             };
-            let (len, from) = match relay.socket.try_recv_from(room) {
+            let (len, from) = match socket.try_recv_from(room) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
@@ -315,9 +336,17 @@ impl Shard {
         true
     }
 
-    /// A message from a TCP or TLS client.
-    pub(crate) fn on_stream_message(&mut self, tuple: FiveTuple, message: &[u8], out: &Outbound) {
+    /// A message from a TCP or TLS client; `Some` when it was a
+    /// ConnectionBind that succeeded: the connection now carries that peer
+    /// connection's bytes, once the answer queued on `out` is written.
+    pub(crate) fn on_stream_message(
+        &mut self,
+        tuple: FiveTuple,
+        message: &[u8],
+        out: &Outbound,
+    ) -> Option<ConnectionId> {
         let now = Instant::now();
+        let mut bound = None;
         match self
             .server
             .handle_client(now, tuple, message, &mut self.reply)
@@ -331,8 +360,61 @@ impl Shard {
                     self.send_errors += 1;
                 }
             }
+            Output::Connect { socket, request } => {
+                debug!(client = %tuple.client, peer = %request.peer, connection = request.connection, "Connect");
+                if let Some(closed) = socket.closed() {
+                    tokio::task::spawn_local(tcp_relay::connect(
+                        self.me.clone(),
+                        socket.local(),
+                        closed,
+                        request,
+                    ));
+                }
+            }
+            Output::Bind { connection, reply } => {
+                // Queued whole, ahead of any peer byte: the client may not
+                // send data before it has the answer (RFC 6062 §5.4).
+                out.push_always(self.reply.get(..reply).unwrap_or_default());
+                bound = Some(connection);
+            }
         }
         self.log_events();
+        bound
+    }
+
+    /// Hands an accepted peer connection to the state machine.
+    pub(crate) fn peer_connected(
+        &mut self,
+        id: AllocationId,
+        peer: SocketAddr,
+    ) -> Option<PeerConnection> {
+        self.server
+            .peer_connected(Instant::now(), id, peer, &mut self.reply)
+    }
+
+    /// Sends the ConnectionAttempt for `attempt` to its client; `false` if
+    /// the control connection is gone or not keeping up.
+    pub(crate) fn announce(&self, attempt: &PeerConnection) -> bool {
+        let indication = self.reply.get(..attempt.len).unwrap_or_default();
+        self.connections
+            .get(&attempt.control)
+            .is_some_and(|conn| conn.push(indication))
+    }
+
+    /// Answers a Connect on its control connection; `false` if nobody is
+    /// left to answer.
+    pub(crate) fn connect_done(&mut self, request: ConnectRequest, connected: bool) -> bool {
+        let tuple = request.tuple;
+        let Some(len) =
+            self.server
+                .connect_done(Instant::now(), request, connected, &mut self.reply)
+        else {
+            return false;
+        };
+        let answer = self.reply.get(..len).unwrap_or_default();
+        self.connections
+            .get(&tuple)
+            .is_some_and(|conn| conn.push_always(answer))
     }
 
     /// Tells the HTTP side this shard's figures.

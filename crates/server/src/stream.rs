@@ -3,7 +3,9 @@
 //! Each accepted connection is one client 5-tuple (RFC 8656 §3.1): its
 //! messages are framed out of the byte stream and fed to the shard's
 //! server; answers and relayed data go out through a bounded buffer that a
-//! writer drains. Closing the connection ends its allocation.
+//! writer drains. Closing the connection ends its allocation. A connection
+//! that binds an RFC 6062 peer connection stops carrying messages and
+//! carries that connection's bytes instead (`tcp_relay`).
 //!
 //! A listener with `http` decides per connection what it carries: on TLS,
 //! by ALPN when the client names a protocol, else by the first decrypted
@@ -24,10 +26,11 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 use turnpike_turn::stun::framing::{self, MAX_FRAME};
-use turnpike_turn::{FiveTuple, Transport};
+use turnpike_turn::{ConnectionId, FiveTuple, Transport};
 
 use crate::config::StreamLimits;
 use crate::shard::Shard;
+use crate::tcp_relay;
 use crate::tls::{ALPN_HTTP, ALPN_TURN};
 
 /// Bytes waiting to be written to one client before more are dropped.
@@ -59,9 +62,9 @@ pub(crate) async fn accept_loop(
         let (socket, client) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of descriptors, say: the next accept may succeed.
+                // Out of descriptors, say: a later accept may succeed.
                 debug!(error = %e, "accept failed");
-                tokio::task::yield_now().await;
+                tokio::time::sleep(tcp_relay::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -263,7 +266,8 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(turnpike_turn::policy::canonical(addr.ip()), addr.port())
 }
 
-/// A TURN client on a stream, until it closes or times out.
+/// A TURN client on a stream, until it closes or times out; or, once it
+/// binds an RFC 6062 peer connection, until that ends.
 async fn turn<S>(
     shard: Weak<RefCell<Shard>>,
     io: Prefixed<S>,
@@ -284,27 +288,61 @@ where
     drop(strong);
 
     let (mut rd, mut wr) = tokio::io::split(io);
-    let result = tokio::select! {
-        r = read_messages(&shard, &mut rd, tuple, &out, limits) => r,
-        w = write_out(&mut wr, &out) => w,
+    let (result, bound) = {
+        let reader = read_messages(&shard, &mut rd, tuple, &out, limits);
+        let writer = write_out(&mut wr, &out);
+        tokio::pin!(reader, writer);
+        let (result, bound) = tokio::select! {
+            r = &mut reader => match r {
+                Ok(bound) => (Ok(()), bound),
+                Err(e) => (Err(e), None),
+            },
+            w = &mut writer => (w, None),
+        };
+        if bound.is_some() {
+            // The answer to ConnectionBind goes out before any peer byte.
+            out.finish();
+            ((&mut writer).await, bound)
+        } else {
+            (result, bound)
+        }
     };
-    let _ = wr.shutdown().await;
     if let Some(s) = shard.upgrade() {
         let mut s = s.borrow_mut();
         s.connections.remove(&tuple);
         s.server.close(Instant::now(), &tuple);
         s.log_events();
     }
-    result
+    let Some((connection, leftover)) = bound.filter(|_| result.is_ok()) else {
+        let _ = wr.shutdown().await;
+        return result;
+    };
+    let waiting = shard
+        .upgrade()
+        .and_then(|s| s.borrow().parked.take(connection));
+    let mut client = Prefixed::new(rd.unsplit(wr), leftover);
+    if let Some(waiting) = waiting {
+        let (to_peer, to_client) = tcp_relay::join(&mut client, connection, waiting).await;
+        if let Some(s) = shard.upgrade() {
+            let mut s = s.borrow_mut();
+            s.server.tcp_relayed(to_peer, to_client);
+            s.server.shared().connection_ended(connection);
+        }
+    }
+    let _ = client.shutdown().await;
+    Ok(())
 }
 
+/// Feeds the shard every message the client sends, until it closes, times
+/// out, or binds a peer connection: then returns the connection's ID and
+/// the bytes read past the ConnectionBind, which are the peer's.
 async fn read_messages<R: AsyncRead + Unpin>(
     shard: &Weak<RefCell<Shard>>,
     rd: &mut R,
     tuple: FiveTuple,
     out: &Outbound,
     limits: StreamLimits,
-) -> io::Result<()> {
+) -> io::Result<Option<(ConnectionId, Vec<u8>)>> {
     let mut buf = vec![0u8; MAX_FRAME];
     let mut filled = 0;
     // Until its first message is in, a connection is half-open.
@@ -322,10 +360,14 @@ async fn read_messages<R: AsyncRead + Unpin>(
                 break;
             };
             let Some(s) = shard.upgrade() else {
-                return Ok(());
+                return Ok(None);
             };
-            s.borrow_mut().on_stream_message(tuple, message, out);
+            let bound = s.borrow_mut().on_stream_message(tuple, message, out);
             start += len;
+            if let Some(connection) = bound {
+                let rest = buf.get(start..filled).unwrap_or_default().to_vec();
+                return Ok(Some((connection, rest)));
+            }
         }
         if start > 0 {
             buf.copy_within(start..filled, 0);
@@ -333,7 +375,7 @@ async fn read_messages<R: AsyncRead + Unpin>(
             // A connection without an allocation is idle after a while; one
             // with an allocation lives as long as the allocation does.
             let Some(s) = shard.upgrade() else {
-                return Ok(());
+                return Ok(None);
             };
             let allocated = s.borrow().server.has_allocation(&tuple);
             let idle = if allocated {
@@ -348,7 +390,7 @@ async fn read_messages<R: AsyncRead + Unpin>(
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         filled += n;
     }
@@ -358,9 +400,14 @@ async fn read_messages<R: AsyncRead + Unpin>(
 /// than any allocation lives, since the allocation's own expiry governs.
 const ALLOCATED_IDLE: std::time::Duration = std::time::Duration::from_secs(3700);
 
+/// Writes what is queued for the client; returns once [`Outbound::finish`]
+/// was called and everything queued is written.
 async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &Outbound) -> io::Result<()> {
     let mut spare = Vec::with_capacity(16 * 1024);
     loop {
+        if out.finishing.get() && out.buf.borrow().is_empty() {
+            return Ok(());
+        }
         out.ready.notified().await;
         std::mem::swap(&mut *out.buf.borrow_mut(), &mut spare);
         if spare.is_empty() {
@@ -378,20 +425,36 @@ pub(crate) struct Outbound {
     buf: RefCell<Vec<u8>>,
     ready: Notify,
     dropped: Cell<u64>,
+    finishing: Cell<bool>,
 }
 
 impl Outbound {
     /// Queues `data`; `false` (and dropped) when the client is not keeping
     /// up.
     pub(crate) fn push(&self, data: &[u8]) -> bool {
-        let mut buf = self.buf.borrow_mut();
-        if buf.len() + data.len() > OUTBOUND_LIMIT {
+        if self.buf.borrow().len() + data.len() > OUTBOUND_LIMIT {
             self.dropped.set(self.dropped.get() + 1);
             return false;
         }
-        buf.extend_from_slice(data);
+        self.push_always(data)
+    }
+
+    /// Queues an answer that must not be lost, whatever is queued already.
+    /// Only for answers the state machine bounds (RFC 6062's, at most
+    /// [`turnpike_turn::MAX_CONNECTIONS_PER_ALLOCATION`] per allocation).
+    pub(crate) fn push_always(&self, data: &[u8]) -> bool {
+        if self.finishing.get() {
+            return false;
+        }
+        self.buf.borrow_mut().extend_from_slice(data);
         self.ready.notify_one();
         true
+    }
+
+    /// Nothing more will be queued: the writer stops once the queue is out.
+    fn finish(&self) {
+        self.finishing.set(true);
+        self.ready.notify_one();
     }
 }
 
