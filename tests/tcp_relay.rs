@@ -113,6 +113,10 @@ fn connect_and_bind_carry_bytes_both_ways() {
         let mut data = server.client(via, "alice", "wonderland");
         data.connection_bind(id).unwrap();
         assert_eq!(data.read_bytes(11, WAIT), b"early bytes", "{via:?}");
+        // Both of the client's connections count as open.
+        server.metrics_when(Instant::now() + WAIT, |m| {
+            metric(m, "turnpike_connections") == Some(2)
+        });
 
         // A bulk transfer each way, larger than any buffer on the path.
         let up = pattern(256 * 1024, 0x5A);

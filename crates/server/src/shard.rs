@@ -65,6 +65,8 @@ pub(crate) struct Shard {
 pub(crate) struct StreamCounters {
     pub(crate) tls_handshakes: u64,
     pub(crate) tls_failures: u64,
+    /// Client connections joined to an RFC 6062 peer connection.
+    pub(crate) joined: usize,
 }
 
 /// What a shard is started with.
@@ -426,7 +428,7 @@ impl Shard {
                 allocations: self.server.allocations_by_transport(),
                 tls_handshakes: self.streams.tls_handshakes,
                 tls_failures: self.streams.tls_failures,
-                connections: self.connections.len(),
+                connections: self.connections.len() + self.streams.joined,
             },
         );
     }

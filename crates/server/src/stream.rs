@@ -322,9 +322,11 @@ where
         .and_then(|s| s.borrow().parked.take(connection));
     let mut client = Prefixed::new(rd.unsplit(wr), leftover);
     if let Some(waiting) = waiting {
+        count(&shard, |c| c.joined += 1);
         let (to_peer, to_client) = tcp_relay::join(&mut client, connection, waiting).await;
         if let Some(s) = shard.upgrade() {
             let mut s = s.borrow_mut();
+            s.streams.joined = s.streams.joined.saturating_sub(1);
             s.server.tcp_relayed(to_peer, to_client);
             s.server.shared().connection_ended(connection);
         }
