@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use turnpike_server::config::{Listen, PortRange, User};
+use turnpike_server::config::{Listen, ListenTransport, PortRange, User};
 use turnpike_server::serve::{GeneratedSecret, public_address};
 use turnpike_server::{Config, Overrides, state};
 use turnpike_turn::auth;
@@ -241,7 +241,37 @@ fn print_banner(running: &turnpike_server::Running, config: &Config) {
             );
         }
     }
+    if let Some(base) = http_base(running).filter(|_| running.credentials_api) {
+        let _ = writeln!(
+            out,
+            "credentials API: curl -X POST -H 'Authorization: Bearer KEY' {base}/api/v1/credentials"
+        );
+    }
     let _ = out.flush();
+}
+
+/// Where the HTTP side is reached: a TURN listener that shares its port
+/// with HTTP(S), else the plain-HTTP listener.
+fn http_base(running: &turnpike_server::Running) -> Option<String> {
+    let shared = running.listening.iter().find(|l| l.http).map(|l| {
+        let scheme = if l.transport == ListenTransport::Tls {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if l.address.ip().is_unspecified() {
+            running.hostname.clone()
+        } else {
+            l.address.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("{scheme}://{host}:{}", l.address.port())
+    });
+    shared.or_else(|| running.http_address.map(|a| format!("http://{a}")))
 }
 
 fn credentials(args: &CredentialsArgs) -> ExitCode {

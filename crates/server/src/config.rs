@@ -1042,6 +1042,19 @@ deny = []
             turnpike_turn::Limits::default().allocations
         );
         assert_eq!(c.nonce_lifetime, 600);
+        let transports: Vec<_> = c.listen.iter().map(|l| (l.transport, l.http)).collect();
+        assert_eq!(
+            transports,
+            vec![
+                (ListenTransport::Udp, false),
+                (ListenTransport::Tcp, false),
+                (ListenTransport::Tls, true)
+            ]
+        );
+        assert!(!c.relay_tcp);
+        assert_eq!(c.streams, StreamLimits::default());
+        assert_eq!(c.http.credential_ttl, 86_400);
+        assert_eq!(c.http.api_keys.len(), 1);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Running {
     pub generated_secret: Option<GeneratedSecret>,
     /// The TURN URLs clients use, as the credentials API gives them.
     pub urls: Vec<String>,
+    /// Whether `POST /api/v1/credentials` mints credentials.
+    pub credentials_api: bool,
     certificates: Vec<Arc<CertStore>>,
     shutdown: watch::Sender<bool>,
     watcher_stop: mpsc::Sender<()>,
@@ -225,6 +227,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         }
         (true, _) => None,
     };
+    let credentials_api = minter.is_some();
     let router = http::router(Arc::new(HttpState {
         reports: Arc::clone(&reports),
         minter,
@@ -335,6 +338,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         threads,
         generated_secret,
         urls,
+        credentials_api,
         certificates,
         shutdown,
         watcher_stop,
