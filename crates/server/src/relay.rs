@@ -236,8 +236,10 @@ impl Binder {
     }
 }
 
-/// A TCP relay's listening socket: it shares its port with the
-/// connections Connect makes from it (SO_REUSEPORT).
+/// A TCP relay's listening socket. It shares its port with the
+/// connections Connect makes from it, which needs SO_REUSEPORT; set only
+/// after the bind, the bind still fails on a port another socket holds, so
+/// no two relays, of this process or another, ever share a port.
 fn bind_tcp_relay(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -247,10 +249,9 @@ fn bind_tcp_relay(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    socket.set_reuse_port(true)?;
     socket.listen(128)?;
     Ok(socket.into())
 }
@@ -378,6 +379,33 @@ enum Either {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_relay_port_is_its_own_and_its_connections() {
+        let listener = bind_tcp_relay("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Another relay cannot bind it, nor a socket without SO_REUSEPORT...
+        assert!(bind_tcp_relay(addr).is_err());
+        let intruder = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        intruder.set_reuse_address(true).unwrap();
+        assert!(intruder.bind(&addr.into()).is_err());
+        // ...but a connection made from it does.
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = runtime
+            .block_on(connect_from(addr, peer.local_addr().unwrap()))
+            .unwrap();
+        assert_eq!(stream.local_addr().unwrap(), addr);
+        assert_eq!(peer.accept().unwrap().1, addr);
+    }
 
     #[test]
     fn pool_hands_out_free_ports_with_parity() {

@@ -135,8 +135,14 @@ pub(crate) async fn connect(
     request: ConnectRequest,
 ) {
     let peer = request.peer;
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, relay::connect_from(local, peer)).await
-    {
+    let mut ended = closed.clone();
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, relay::connect_from(local, peer));
+    let outcome = tokio::select! {
+        outcome = attempt => outcome,
+        // The allocation is gone, and its connection IDs with it.
+        _ = ended.changed() => return,
+    };
+    let stream = match outcome {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             debug!(%local, %peer, error = %e, "Connect failed");
