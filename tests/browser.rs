@@ -17,9 +17,8 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -45,35 +44,6 @@ const KILL_AFTER: Duration = Duration::from_secs(90);
 /// Where Debian's package puts Chromium, and what the script drives.
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Unwraps what a test needs, or returns from the test after saying why it
-/// is skipped (a failure under CI).
-macro_rules! require {
-    ($need:expr) => {
-        match $need {
-            Ok(found) => found,
-            Err(why) => {
-                skip(&why);
-                return;
-            }
-        }
-    };
-}
-
-fn skip(why: &str) {
-    let message = format!("SKIPPED: {why}; run scripts/test-deps");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{message}");
-    }
-    // Straight to stderr: the test harness captures `eprintln!` of a test
-    // that passes, and a skip should show.
-    let _ = writeln!(std::io::stderr(), "{message}");
-}
-
-fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// What drives the browser: node, the npm prefix holding playwright-core,
 /// and Chromium.
 struct Browser {
@@ -84,11 +54,7 @@ struct Browser {
 
 impl Browser {
     fn find() -> Result<Self, String> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let node = std::env::split_paths(&path)
-            .map(|dir| dir.join("node"))
-            .find(|candidate| is_executable(candidate))
-            .ok_or("node is not on PATH")?;
+        let node = on_path("node", "nodejs")?;
         let chromium = PathBuf::from(CHROMIUM);
         if !is_executable(&chromium) {
             return Err(format!("no {CHROMIUM} (Debian package chromium)"));
@@ -381,14 +347,9 @@ fn word_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// closed (or, over TCP and TLS, ended with the connection), each having
 /// carried at least its share of the messages.
 fn check_allocations(server: ServerProcess, call: &Call, transport: &str) {
-    let (code, log) = server.stop();
-    assert_eq!(code, Some(0), "the server exits cleanly:\n{log}");
-    assert!(
-        !log.contains(" WARN ") && !log.contains(" ERROR "),
-        "the server warned:\n{log}"
-    );
-    let lines = |what: &str| -> Vec<&str> { log.lines().filter(|l| l.contains(what)).collect() };
-    let (created, ended) = (lines("allocation created"), lines("allocation ended"));
+    let log = stop_cleanly(server);
+    let created = lines_with(&log, "allocation created");
+    let ended = lines_with(&log, "allocation ended");
     assert_eq!(created.len(), 2, "allocations created:\n{log}");
     assert_eq!(ended.len(), 2, "allocations ended:\n{log}");
     let mut relayed: Vec<String> = created
@@ -405,8 +366,8 @@ fn check_allocations(server: ServerProcess, call: &Call, transport: &str) {
         let relayed = relayed.to_string();
         ended
             .iter()
-            .copied()
             .find(|l| word_after(l, "relayed=") == Some(relayed.as_str()))
+            .map(String::as_str)
             .unwrap_or_else(|| panic!("no allocation ended at {relayed}:\n{log}"))
     };
     let (caller, callee) = (ended_at(call.caller.local), ended_at(call.callee.local));
@@ -546,9 +507,5 @@ fn chromium_calls_relay_only_through_turns_on_the_port_that_serves_https() {
 const API_KEY: &str = "an-api-key-for-the-browser-test";
 
 fn curl() -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("curl"))
-        .find(|candidate| is_executable(candidate))
-        .ok_or_else(|| "curl is not on PATH (Debian package curl)".to_owned())
+    on_path("curl", "curl")
 }

@@ -192,10 +192,7 @@ fn credentials_api_hands_out_working_credentials_to_key_holders_only() {
 
 #[test]
 fn curl_reads_health_and_metrics_from_the_turn_port() {
-    let Some(curl) = which("curl") else {
-        skip("curl is not installed (Debian package curl)");
-        return;
-    };
+    let curl = require!(on_path("curl", "curl"));
     let server = shared_port_server(&[]);
     for addr in [
         server.addr_for(Via::Tls { alpn: false }),
@@ -239,18 +236,6 @@ fn curl_reads_health_and_metrics_from_the_turn_port() {
             }
         }
     }
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn skip(why: &str) {
-    let message = format!("SKIPPED: {why}; run scripts/test-deps");
-    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{message}");
-    eprintln!("{message}");
 }
 
 fn write_pair(dir: &Path, name: &str) -> Vec<u8> {

@@ -27,6 +27,69 @@ use turnpike_stun::{
 
 pub const REALM: &str = "turnpike.test";
 
+/// Says why a test is skipped: something it needs is missing. Under
+/// `CI=true` that is a failure: CI must not skip silently.
+pub fn skip(why: &str) {
+    let message = format!("SKIPPED: {why}; run scripts/test-deps");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{message}");
+    }
+    // Straight to stderr: the test harness captures `eprintln!` of a test
+    // that passes, and a skip should show.
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// Unwraps what a test needs, or returns from the test after saying why it
+/// is skipped (a failure under CI).
+#[macro_export]
+macro_rules! require {
+    ($need:expr) => {
+        match $need {
+            Ok(found) => found,
+            Err(why) => {
+                $crate::common::skip(&why);
+                return;
+            }
+        }
+    };
+}
+
+/// Whether `path` is an executable file.
+pub fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The program `name` on PATH; the error names the Debian `package`.
+pub fn on_path(name: &str, package: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| format!("{name} is not on PATH (Debian package {package})"))
+}
+
+/// Stops `server` and returns its log, after checking that it exited
+/// cleanly and logged nothing at warning level or above.
+pub fn stop_cleanly(server: ServerProcess) -> String {
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "the server exits cleanly:\n{log}");
+    assert!(
+        !log.contains(" WARN ") && !log.contains(" ERROR "),
+        "the server warned:\n{log}"
+    );
+    log
+}
+
+/// The lines of `log` that contain `what`.
+pub fn lines_with(log: &str, what: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A `turnpike serve` process, stopped with SIGTERM when dropped.
 pub struct ServerProcess {
     child: Option<Child>,
