@@ -17,10 +17,9 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -103,52 +102,14 @@ fn rest_credentials() -> (String, String) {
     )
 }
 
-/// What a bounded run of the node script printed and how it ended.
-struct Run {
-    /// `None` when it was killed for taking too long.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `cmd`, killed if it runs longer than `limit`. A kill goes first as
+/// Runs `cmd`, stopped if it runs longer than `limit`: first with
 /// SIGTERM, on which Playwright closes the browser it launched; then any
 /// Chromium process still using `profile` is killed by its id.
-fn run_bounded(mut cmd: Command, limit: Duration, profile: &Path) -> Run {
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            stop(&mut child);
-            kill_browsers_using(profile);
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        elapsed: started.elapsed(),
-    }
+fn run_bounded(mut cmd: Command, limit: Duration, profile: &Path) -> Finished {
+    run_with_limit(&mut cmd, limit, |child| {
+        stop(child);
+        kill_browsers_using(profile);
+    })
 }
 
 /// SIGTERM, a few seconds' grace, then SIGKILL.

@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -103,40 +102,11 @@ fn run_bounded(program: &Path, args: &[&str], limit: Duration) -> Run {
         .chain(args.iter().map(|a| (*a).to_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    let started = Instant::now();
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
-    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut output = stdout.join().unwrap();
-    output.push_str(&stderr.join().unwrap());
+    let finished = run_with_limit(Command::new(program).args(args), limit, |_| {});
     Run {
-        status,
-        output,
-        elapsed: started.elapsed(),
+        status: finished.status,
+        output: finished.stdout + &finished.stderr,
+        elapsed: finished.elapsed,
         command,
     }
 }

@@ -70,6 +70,62 @@ pub fn on_path(name: &str, package: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} is not on PATH (Debian package {package})"))
 }
 
+/// A program's run, as [`run_with_limit`] saw it.
+pub struct Finished {
+    /// `None` when it was stopped for taking too long.
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` with its output captured; if it runs longer than `limit`,
+/// `stop` ends it (and whatever it started), so that a program that hangs
+/// fails the test instead of hanging it.
+pub fn run_with_limit(
+    cmd: &mut Command,
+    limit: Duration,
+    stop: impl FnOnce(&mut Child),
+) -> Finished {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let mut stop = Some(stop);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            if let Some(stop) = stop.take() {
+                stop(&mut child);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        elapsed: started.elapsed(),
+    }
+}
+
 /// Stops `server` and returns its log, after checking that it exited
 /// cleanly and logged nothing at warning level or above.
 pub fn stop_cleanly(server: ServerProcess) -> String {
