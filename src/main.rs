@@ -221,7 +221,10 @@ fn print_banner(running: &turnpike_server::Running, config: &Config) {
     let uri = running
         .listening
         .first()
-        .map(|l| format!(" --uri turn:{}", public_address(l, &running.relays)))
+        .map(|l| match &config.hostname {
+            Some(name) => format!(" --uri turn:{}", host_port(name, l.address.port())),
+            None => format!(" --uri turn:{}", public_address(l, &running.relays)),
+        })
         .unwrap_or_default();
     match &running.generated_secret {
         Some(GeneratedSecret::Created(path) | GeneratedSecret::Kept(path)) => {
@@ -264,14 +267,26 @@ fn http_base(running: &turnpike_server::Running) -> Option<String> {
         } else {
             l.address.ip().to_string()
         };
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        format!("{scheme}://{host}:{}", l.address.port())
+        match (scheme, l.address.port()) {
+            ("https", 443) | ("http", 80) => format!("{scheme}://{}", host_port(&host, 0)),
+            (_, port) => format!("{scheme}://{}", host_port(&host, port)),
+        }
     });
     shared.or_else(|| running.http_address.map(|a| format!("http://{a}")))
+}
+
+/// `host:port` for a URL, IPv6 in brackets; just the host for port 0.
+fn host_port(host: &str, port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    if port == 0 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn credentials(args: &CredentialsArgs) -> ExitCode {
