@@ -14,6 +14,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
 use turnpike_stun::{
     Attr, AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId,
 };
@@ -254,23 +256,6 @@ fn one_denied_installs_nothing(server: &ServerProcess, via: Via) {
     );
 }
 
-/// A deterministic generator, so a failure names the datagram that caused
-/// it.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// Every kind of malformed input of SECURITY.md §B, and random variations.
 fn malformed() -> Vec<Vec<u8>> {
     let header = |typ: u16, len: u16| {
@@ -323,34 +308,40 @@ fn malformed() -> Vec<Vec<u8>> {
         header(0x0101, 0),
         header(0x0017, 0),
     ];
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    // Seeded, so a failure names the datagram that caused it.
+    let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
+    let bytes = |rng: &mut StdRng, n: usize| -> Vec<u8> {
+        let mut v = vec![0; n];
+        rng.fill(&mut v[..]);
+        v
+    };
     for i in 0..400 {
         let mut m = match i % 4 {
             0 => {
-                let n = 1 + (rng.next() % 200) as usize;
-                rng.bytes(n)
+                let n = rng.random_range(1..=200);
+                bytes(&mut rng, n)
             }
             1 => {
                 // A plausible header with random attributes.
                 let mut m = header(0x0003, 0);
-                let n = 4 * (rng.next() % 30) as usize;
-                let body = rng.bytes(n);
+                let n = 4 * rng.random_range(0..30);
+                let body = bytes(&mut rng, n);
                 m[2..4].copy_from_slice(&(body.len() as u16).to_be_bytes());
                 m.extend(body);
                 m
             }
             2 => {
-                let mut m = vec![0x40 | (rng.next() as u8 & 0x3F), rng.next() as u8];
-                let n = (rng.next() % 64) as usize;
-                m.extend(rng.bytes(n));
+                let mut m = vec![0x40 | (rng.random::<u8>() & 0x3F), rng.random::<u8>()];
+                let n = rng.random_range(0..64);
+                m.extend(bytes(&mut rng, n));
                 m
             }
             _ => {
                 // A valid-looking request with one byte flipped.
                 let mut m = header(0x0009, 8);
                 m.extend_from_slice(&[0x00, 0x0C, 0x00, 0x04, 0x40, 0x00, 0, 0]);
-                let at = (rng.next() as usize) % m.len();
-                m[at] ^= 1 << (rng.next() % 8);
+                let at = rng.random_range(0..m.len());
+                m[at] ^= 1 << rng.random_range(0..8);
                 m
             }
         };
