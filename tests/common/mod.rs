@@ -876,6 +876,15 @@ pub fn http_request(
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let request = request_text(method, path, headers, body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    parse_http(&response)
+}
+
+/// An HTTP/1.1 request that closes the connection after the answer.
+fn request_text(method: &str, path: &str, headers: &[&str], body: &str) -> String {
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -886,10 +895,7 @@ pub fn http_request(
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    parse_http(&response)
+    request
 }
 
 /// An HTTP/1.1 request over TLS, naming `alpn` (or nothing); returns the
@@ -913,16 +919,7 @@ pub fn https_request(
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, stream);
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        request.push_str(h);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
+    let request = request_text(method, path, headers, body);
     tls.write_all(request.as_bytes()).unwrap();
     let mut response = Vec::new();
     // A server that closes without close_notify still gave its answer.

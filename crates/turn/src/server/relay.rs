@@ -181,10 +181,7 @@ impl<R: Relays> Server<R> {
             Some(Ok(Attr::ChannelNumber(n))) if channel_data::is_valid_channel(n) => n,
             _ => return Err(ErrorCode::BAD_REQUEST),
         };
-        let peer = match msg.get(AttrType::XOR_PEER_ADDRESS) {
-            Some(Ok(Attr::XorPeerAddress(p))) => p,
-            _ => return Err(ErrorCode::BAD_REQUEST),
-        };
+        let peer = peer_address(msg)?;
         // Channels carry datagrams; a TCP allocation has none (RFC 6062 §5).
         if live(&self.slots, id, now).is_some_and(|a| a.tcp) {
             return Err(ErrorCode::BAD_REQUEST);
@@ -268,5 +265,13 @@ impl<R: Relays> Server<R> {
 
     pub(super) fn note_deadline(&mut self, at: Instant) {
         self.next_timeout = Some(self.next_timeout.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// The request's XOR-PEER-ADDRESS: 400 when it is missing or malformed.
+pub(super) fn peer_address(msg: &Message<'_>) -> Result<SocketAddr, ErrorCode> {
+    match msg.get(AttrType::XOR_PEER_ADDRESS) {
+        Some(Ok(Attr::XorPeerAddress(peer))) => Ok(peer),
+        _ => Err(ErrorCode::BAD_REQUEST),
     }
 }

@@ -99,10 +99,7 @@ impl<R: Relays> Server<R> {
         if !live(&self.slots, id, now).is_some_and(|a| a.tcp) {
             return Err(ErrorCode::BAD_REQUEST);
         }
-        let peer = match msg.get(AttrType::XOR_PEER_ADDRESS) {
-            Some(Ok(Attr::XorPeerAddress(p))) => p,
-            _ => return Err(ErrorCode::BAD_REQUEST),
-        };
+        let peer = super::relay::peer_address(msg)?;
         self.admit(id, now, peer)?;
         let relayed = live(&self.slots, id, now)
             .and_then(|a| a.relay(Family::of(&peer)))
