@@ -56,7 +56,11 @@ struct ServeArgs {
     /// Configuration file (TOML; see turnpike.example.toml).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen on this address, e.g. udp://0.0.0.0:3478 (repeatable; replaces [[listen]]).
+    /// Listen on this address: udp://, tcp:// or tls://ADDRESS:PORT, with
+    /// ?http=true to serve HTTP(S) on the same port and, for tls,
+    /// &cert=PATH&key=PATH (PEM; default: a generated self-signed pair).
+    /// E.g. udp://0.0.0.0:3478 or 'tls://0.0.0.0:443?http=true' (repeatable;
+    /// replaces [[listen]]).
     #[arg(long, value_name = "URL")]
     listen: Vec<Listen>,
     /// Authentication realm (replaces `realm`; default: the host name).
