@@ -1,26 +1,33 @@
 //! A client-facing UDP socket of one shard, with batched receive and the
 //! destination address of each datagram (so that a wildcard listener
-//! answers from the address the client reached).
+//! answers from the address the client reached), and the queue of
+//! datagrams it sends, flushed in batches.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
+use quinn_udp::{RecvMeta, UdpSocketState};
+
+use crate::sys::{self, Outgoing};
+
+/// Bytes a send queue holds before it must flush.
+const QUEUE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Listener {
-    pub(crate) socket: tokio::net::UdpSocket,
+    socket: std::net::UdpSocket,
     state: UdpSocketState,
     pub(crate) local: SocketAddr,
 }
 
 impl Listener {
     pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
         let local = socket.local_addr()?;
         Ok(Self {
-            socket: tokio::net::UdpSocket::from_std(socket)?,
+            socket,
             state,
             local,
         })
@@ -39,24 +46,100 @@ impl Listener {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        self.socket.try_io(Interest::READABLE, || {
-            self.state.recv((&self.socket).into(), bufs, meta)
-        })
+        self.state.recv((&self.socket).into(), bufs, meta)
     }
 
-    /// Sends one datagram to `to`, from `from` when the socket is bound to
-    /// a wildcard address. A full socket buffer drops it, as UDP would; the
-    /// send goes straight to the socket, never waiting for writability.
-    pub(crate) fn send(&self, to: SocketAddr, from: IpAddr, data: &[u8]) -> io::Result<()> {
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents: data,
-            segment_size: None,
-            src_ip: self.local.ip().is_unspecified().then_some(from),
-        };
-        self.socket.try_io(Interest::WRITABLE, || {
-            self.state.try_send((&self.socket).into(), &transmit)
-        })
+    /// The source address to send from, when the socket is bound to a
+    /// wildcard address and so cannot tell by itself.
+    pub(crate) fn source(&self, from: IpAddr) -> Option<IpAddr> {
+        self.local.ip().is_unspecified().then_some(from)
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Datagrams waiting to leave through one listener. A shard queues what it
+/// sends while it handles a round of ready sockets, then flushes once, so
+/// one system call carries many datagrams.
+#[derive(Debug)]
+pub(crate) struct SendQueue {
+    bytes: Vec<u8>,
+    datagrams: Vec<Outgoing>,
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flushed {
+    pub(crate) sent: u64,
+    /// Refused by the kernel (a full buffer, say) and dropped, as UDP would.
+    pub(crate) dropped: u64,
+}
+
+impl SendQueue {
+    pub(crate) fn new() -> Self {
+        Self {
+            bytes: Vec::with_capacity(QUEUE_BYTES),
+            datagrams: Vec::with_capacity(sys::MAX_BATCH),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Queues `data` for `to`, flushing first when the queue is full.
+    pub(crate) fn push(
+        &mut self,
+        listener: &Listener,
+        to: SocketAddr,
+        from: IpAddr,
+        data: &[u8],
+    ) -> Flushed {
+        let mut flushed = Flushed::default();
+        if self.datagrams.len() == sys::MAX_BATCH
+            || self.bytes.len() + data.len() > QUEUE_BYTES.max(data.len())
+        {
+            flushed = self.flush(listener);
+        }
+        self.datagrams.push(Outgoing {
+            to,
+            from: listener.source(from),
+            start: self.bytes.len(),
+            len: data.len(),
+        });
+        self.bytes.extend_from_slice(data);
+        flushed
+    }
+
+    /// Sends everything queued. A datagram the kernel refuses is dropped
+    /// and the rest go on.
+    pub(crate) fn flush(&mut self, listener: &Listener) -> Flushed {
+        let mut flushed = Flushed::default();
+        let mut rest = self.datagrams.as_slice();
+        while !rest.is_empty() {
+            match sys::send_many(listener, &self.bytes, rest) {
+                Ok(n) if n > 0 => {
+                    flushed.sent += n as u64;
+                    rest = rest.get(n..).unwrap_or_default();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket buffer is full: the rest would fare no
+                    // better.
+                    flushed.dropped += rest.len() as u64;
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    flushed.dropped += 1;
+                    rest = rest.get(1..).unwrap_or_default();
+                }
+            }
+        }
+        self.datagrams.clear();
+        self.bytes.clear();
+        flushed
     }
 }

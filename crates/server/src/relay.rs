@@ -16,8 +16,8 @@ use turnpike_turn::{AllocationId, BindError, BindRequest, Bound, Relays};
 
 use crate::config::PortRange;
 use crate::net::bind_udp;
-use crate::shard::{self, Shard};
-use crate::sys;
+use crate::shard::Shard;
+use crate::sys::{self, Epoll};
 use crate::tcp_relay;
 
 /// How many ports one Allocate may try before giving up with 508.
@@ -102,10 +102,10 @@ pub(crate) struct ReservedPort {
     lease: PortLease,
 }
 
-/// An allocation's relay socket. Dropping it stops its task (the UDP
-/// reader or the TCP acceptor), which holds the last other reference, and
-/// so closes the socket; for a TCP relay it also ends the peer connections
-/// made through it.
+/// An allocation's relay socket. A UDP relay is watched by its shard's
+/// epoll set, which forgets it when it closes; dropping a TCP relay stops
+/// its acceptor task, which holds the last other reference, and ends the
+/// peer connections made through it.
 #[derive(Debug)]
 pub(crate) struct RelaySocket {
     inner: Rc<RelayInner>,
@@ -123,8 +123,8 @@ pub(crate) struct RelayInner {
 /// What a relay carries.
 #[derive(Debug)]
 pub(crate) enum RelayKind {
-    /// Datagrams, on this socket.
-    Udp(tokio::net::UdpSocket),
+    /// Datagrams, on this non-blocking socket.
+    Udp(std::net::UdpSocket),
     /// TCP connections (RFC 6062): peers connect to a listening socket
     /// (owned by the acceptor task); `closed` ends every connection of the
     /// allocation when the relay goes.
@@ -141,6 +141,15 @@ impl RelaySocket {
         match &self.inner.kind {
             RelayKind::Udp(socket) => socket2::SockRef::from(socket).send_to(data, &peer.into()),
             RelayKind::Tcp { .. } => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// A UDP relay's socket.
+    #[inline]
+    pub(crate) fn udp(&self) -> Option<&std::net::UdpSocket> {
+        match &self.inner.kind {
+            RelayKind::Udp(socket) => Some(socket),
+            RelayKind::Tcp { .. } => None,
         }
     }
 
@@ -166,22 +175,25 @@ impl Drop for RelaySocket {
     }
 }
 
-/// Binds relay sockets for one shard and starts their tasks on it.
+/// Binds relay sockets for one shard: UDP relays join the shard's epoll
+/// set, TCP relays get an acceptor task.
 #[derive(Debug)]
 pub(crate) struct Binder {
     ipv4: Option<IpAddr>,
     ipv6: Option<IpAddr>,
     pool: Arc<Mutex<PortPool>>,
+    epoll: Rc<Epoll>,
     /// The shard the tasks deliver to; set once the shard exists.
     pub(crate) shard: Weak<RefCell<Shard>>,
 }
 
 impl Binder {
-    pub(crate) fn new(addresses: &[IpAddr], pool: Arc<Mutex<PortPool>>) -> Self {
+    pub(crate) fn new(addresses: &[IpAddr], pool: Arc<Mutex<PortPool>>, epoll: Rc<Epoll>) -> Self {
         Self {
             ipv4: addresses.iter().copied().find(IpAddr::is_ipv4),
             ipv6: addresses.iter().copied().find(IpAddr::is_ipv6),
             pool,
+            epoll,
             shard: Weak::new(),
         }
     }
@@ -193,20 +205,17 @@ impl Binder {
         lease: PortLease,
     ) -> Result<RelaySocket, BindError> {
         let local = socket.local_addr().map_err(|_| BindError::Failed)?;
-        let socket = tokio::net::UdpSocket::from_std(socket).map_err(|_| BindError::Failed)?;
-        let inner = Rc::new(RelayInner {
-            kind: RelayKind::Udp(socket),
-            local,
-            task: RefCell::new(None),
-            _lease: lease,
-        });
-        let task = tokio::task::spawn_local(shard::relay_reader(
-            self.shard.clone(),
-            Rc::clone(&inner),
-            id,
-        ));
-        *inner.task.borrow_mut() = Some(task.abort_handle());
-        Ok(RelaySocket { inner })
+        self.epoll
+            .add(&socket, id.get())
+            .map_err(|_| BindError::Failed)?;
+        Ok(RelaySocket {
+            inner: Rc::new(RelayInner {
+                kind: RelayKind::Udp(socket),
+                local,
+                task: RefCell::new(None),
+                _lease: lease,
+            }),
+        })
     }
 
     fn start_tcp(

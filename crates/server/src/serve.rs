@@ -90,12 +90,32 @@ impl Running {
     }
 }
 
+/// Descriptors a server needs beyond one per relay port: listeners, the
+/// HTTP side, TCP and TLS clients of a modest deployment.
+const SPARE_DESCRIPTORS: usize = 1024;
+
+/// Raises the open-files limit as far as allowed, and warns when it still
+/// cannot hold a socket for every port of the relay range.
+fn check_open_files(relay_ports: usize) {
+    let wanted = relay_ports + SPARE_DESCRIPTORS;
+    match crate::sys::raise_open_files_limit() {
+        Ok(limit) if usize::try_from(limit).unwrap_or(usize::MAX) < wanted => warn!(
+            limit,
+            wanted,
+            "the open-files limit (ulimit -n) caps allocations below the relay port range; raise it to at least {wanted}"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
 /// Binds everything `config` asks for and starts serving.
 pub fn start(config: &Config) -> anyhow::Result<Running> {
     let threads = config
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let realm = config.realm.clone().unwrap_or_else(net::hostname);
+    check_open_files(config.relay_ports.len());
     let interfaces = net::interface_ips();
     let relays = relay_ips(config, &interfaces);
     let hostname = match (&config.hostname, relays.first()) {

@@ -4,6 +4,15 @@
 //! The kernel sends a client's datagrams to the same listener socket every
 //! time, so an allocation, its relay socket and every packet relayed for it
 //! stay on one thread: no locks on the data path.
+//!
+//! UDP runs outside the async runtime's per-socket machinery: the shard's
+//! listeners and UDP relay sockets sit in one level-triggered epoll set,
+//! which the runtime watches as a single descriptor. Each round takes the
+//! sockets ready now, reads one batch from each (`recvmmsg`), handles every
+//! datagram, and queues what goes to clients; the queues leave in one
+//! `sendmmsg` per listener at the end of the round. A datagram thus costs a
+//! share of three system calls, with no wake-up per socket and no final
+//! read that finds nothing.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn_udp::RecvMeta;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use turnpike_turn::policy::canonical;
@@ -23,20 +33,29 @@ use turnpike_turn::{
 };
 
 use crate::http::{Reports, ShardReport};
-use crate::listener::Listener;
-use crate::relay::{Binder, PortPool, RelayInner, RelayKind, ReservedPort};
+use crate::listener::{Flushed, Listener, SendQueue};
+use crate::relay::{Binder, PortPool, ReservedPort};
 use crate::stream::{self, Outbound, StreamListener};
+use crate::sys::{self, Epoll, Ready, Received, SharedEpoll};
 use crate::tcp_relay::{self, Parked};
 
-/// Datagrams taken from a relay socket, and batches from a listener, per
-/// turn before the other sockets of the shard get theirs.
-const PEER_BATCH: usize = 64;
-const LISTENER_BATCHES: usize = 8;
+/// Datagrams taken from one relay socket per round.
+const PEER_BATCH: usize = 8;
+/// Ready sockets taken per round.
+const READY_PER_ROUND: usize = 256;
+/// Rounds before the shard's other tasks (streams, timers) get a turn.
+const ROUNDS_PER_TURN: usize = 16;
 /// Receive buffer per datagram slot of a listener: large enough for a
 /// GRO-coalesced batch of segments.
 const RX_SLOT: usize = 64 * 1024;
 /// The largest UDP payload a peer can send.
 const MAX_PEER_PAYLOAD: usize = 65_535;
+/// A peer datagram's slot: room for a TURN header before it and padding
+/// after it.
+const PEER_SLOT: usize = PEER_HEADROOM + MAX_PEER_PAYLOAD + PEER_TAILROOM;
+/// Listener tokens in the epoll set have this low half, which no
+/// allocation id has (slot indices stay far below it).
+const LISTENER_TOKEN: u64 = 0xFFFF_FFFF;
 
 /// Everything one shard owns.
 pub(crate) struct Shard {
@@ -44,7 +63,9 @@ pub(crate) struct Shard {
     /// This shard, for the tasks it spawns.
     me: Weak<RefCell<Shard>>,
     pub(crate) server: Server<Binder>,
-    listeners: Vec<Rc<Listener>>,
+    listeners: Vec<Listener>,
+    /// What each listener sends, flushed at the end of a round.
+    queues: Vec<SendQueue>,
     /// The TCP and TLS clients, by 5-tuple.
     pub(crate) connections: HashMap<FiveTuple, Rc<Outbound>>,
     /// RFC 6062 peer connections waiting for a ConnectionBind.
@@ -53,8 +74,10 @@ pub(crate) struct Shard {
     reports: Arc<Reports>,
     /// Answers to clients are written here.
     reply: Box<[u8]>,
-    /// Peer datagrams land here, after room for a TURN header.
+    /// Peer datagrams land here, [`PEER_SLOT`] bytes each, after room for
+    /// a TURN header.
     peer_buf: Box<[u8]>,
+    peer_got: [Received; PEER_BATCH],
     rx: Box<[u8]>,
     rx_meta: Box<[RecvMeta]>,
     send_errors: u64,
@@ -120,9 +143,15 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
     } = setup;
     let listeners = listeners
         .into_iter()
-        .map(|s| Listener::new(s).map(Rc::new))
+        .map(Listener::new)
         .collect::<io::Result<Vec<_>>>()?;
-    let mut relays = Binder::new(&relay_ips, pool);
+    let epoll = Rc::new(Epoll::new()?);
+    for (i, listener) in listeners.iter().enumerate() {
+        epoll.add(listener, listener_token(i))?;
+    }
+    let queues = listeners.iter().map(|_| SendQueue::new()).collect();
+    let ready = SharedEpoll(Rc::clone(&epoll)).watch()?;
+    let mut relays = Binder::new(&relay_ips, pool, epoll);
     let batch = quinn_udp::BATCH_SIZE;
     let now = Instant::now();
     let shard = Rc::new_cyclic(|me: &Weak<RefCell<Shard>>| {
@@ -131,22 +160,22 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
             index,
             me: me.clone(),
             server: Server::new(shared, relays, seed, now, unix_now()),
-            listeners: listeners.clone(),
+            listeners,
+            queues,
             connections: HashMap::new(),
             parked,
             streams: StreamCounters::default(),
             reports,
             reply: vec![0; 2048].into_boxed_slice(),
-            peer_buf: vec![0; PEER_HEADROOM + MAX_PEER_PAYLOAD + PEER_TAILROOM].into_boxed_slice(),
+            peer_buf: vec![0; PEER_SLOT * PEER_BATCH].into_boxed_slice(),
+            peer_got: [Received::EMPTY; PEER_BATCH],
             rx: vec![0; RX_SLOT * batch].into_boxed_slice(),
             rx_meta: vec![RecvMeta::default(); batch].into_boxed_slice(),
             send_errors: 0,
         })
     });
 
-    for listener in listeners {
-        tokio::task::spawn_local(listen(Rc::downgrade(&shard), listener));
-    }
+    tokio::task::spawn_local(udp(Rc::downgrade(&shard), ready));
     for (listener, serves) in stream_listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::task::spawn_local(stream::accept_loop(Rc::downgrade(&shard), listener, serves));
@@ -163,42 +192,54 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves one listener socket: receive a batch, handle each datagram.
-async fn listen(shard: Weak<RefCell<Shard>>, listener: Rc<Listener>) {
-    loop {
-        if let Err(e) = listener.socket.readable().await {
-            warn!(error = %e, local = %listener.local, "listener failed");
-            return;
-        }
-        let Some(shard) = shard.upgrade() else { return };
-        let more = shard.borrow_mut().drain_listener(&listener);
-        drop(shard);
-        if more {
-            // Let the shard's other sockets have their turn.
-            tokio::task::yield_now().await;
-        }
-    }
+fn listener_token(index: usize) -> u64 {
+    ((index as u64) << 32) | LISTENER_TOKEN
 }
 
-/// Serves one relay socket: a peer's datagram goes to the allocation's
-/// client.
-pub(crate) async fn relay_reader(
-    shard: Weak<RefCell<Shard>>,
-    relay: Rc<RelayInner>,
-    id: AllocationId,
-) {
-    let RelayKind::Udp(socket) = &relay.kind else {
-        return;
-    };
+/// Serves the shard's UDP sockets: rounds of whatever is ready, until
+/// nothing is.
+async fn udp(shard: Weak<RefCell<Shard>>, epoll: AsyncFd<SharedEpoll>) {
+    let mut ready = vec![Ready::EMPTY; READY_PER_ROUND];
     loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        let Some(shard) = shard.upgrade() else { return };
-        let more = shard.borrow_mut().drain_relay(&relay, id);
-        drop(shard);
-        if more {
-            tokio::task::yield_now().await;
+        let mut guard = match epoll.readable().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                warn!(error = %e, "UDP sockets cannot be watched");
+                return;
+            }
+        };
+        let mut rounds = 0;
+        loop {
+            let count = match epoll.get_ref().0.poll(&mut ready) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "UDP sockets cannot be watched");
+                    return;
+                }
+            };
+            if count == 0 {
+                guard.clear_ready();
+                break;
+            }
+            let Some(shard) = shard.upgrade() else { return };
+            let more = shard
+                .borrow_mut()
+                .round(ready.get(..count).unwrap_or_default());
+            if !more && count < ready.len() {
+                // Every ready socket was read dry, and a datagram that
+                // arrived since makes the set readable anew: no need to
+                // ask again before sleeping.
+                guard.clear_ready();
+                break;
+            }
+            rounds += 1;
+            if rounds == ROUNDS_PER_TURN {
+                // Still ready: the next wait returns at once, after the
+                // shard's other tasks have had their turn.
+                drop(guard);
+                tokio::task::yield_now().await;
+                break;
+            }
         }
     }
 }
@@ -221,121 +262,165 @@ async fn tick(shard: Weak<RefCell<Shard>>) {
 }
 
 impl Shard {
-    /// Handles what a listener has received, up to a bound; returns whether
-    /// more may be waiting.
-    fn drain_listener(&mut self, listener: &Listener) -> bool {
+    /// Handles one round of ready sockets: a batch from each, then the
+    /// answers and relayed datagrams go out. Returns whether a socket may
+    /// still hold data (it filled its batch).
+    fn round(&mut self, ready: &[Ready]) -> bool {
         let now = Instant::now();
-        let Self {
-            server,
-            reply,
-            rx,
-            rx_meta,
-            send_errors,
-            ..
-        } = self;
-        let mut more = true;
-        for _ in 0..LISTENER_BATCHES {
-            let mut chunks = rx.chunks_mut(RX_SLOT);
-            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            let count = match listener.recv(&mut slices, rx_meta) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
-                Err(e) => {
-                    // An ICMP error reported on the socket, say: the next
-                    // receive goes on.
-                    debug!(error = %e, "receive failed");
-                    break;
-                }
+        let mut more = false;
+        for event in ready {
+            let token = event.token();
+            more |= if token & LISTENER_TOKEN == LISTENER_TOKEN {
+                let index = usize::try_from(token >> 32).unwrap_or(usize::MAX);
+                self.drain_listener(index, now)
+            } else {
+                self.drain_relay(AllocationId::from_raw(token), now)
             };
-            for (meta, slot) in rx_meta.iter().take(count).zip(rx.chunks(RX_SLOT)) {
-                let data = slot.get(..meta.len).unwrap_or_default();
-                let client = SocketAddr::new(canonical(meta.addr.ip()), meta.addr.port());
-                let server_ip = meta.dst_ip.map_or(listener.local.ip(), canonical);
-                let tuple = FiveTuple {
-                    transport: Transport::Udp,
-                    client,
-                    server: SocketAddr::new(server_ip, listener.local.port()),
-                };
-                // With GRO, one buffer holds several datagrams of `stride`
-                // bytes each.
-                let stride = if meta.stride == 0 {
-                    data.len()
-                } else {
-                    meta.stride
-                };
-                for datagram in data.chunks(stride.max(1)) {
-                    match server.handle_client(now, tuple, datagram, reply) {
-                        Output::None => {}
-                        Output::Reply(len) => {
-                            let answer = reply.get(..len).unwrap_or_default();
-                            if listener.send(meta.addr, server_ip, answer).is_err() {
-                                *send_errors += 1;
-                            }
-                        }
-                        Output::ToPeer { socket, peer, data } => {
-                            if socket.send_to(data, peer).is_err() {
-                                *send_errors += 1;
-                            }
-                        }
-                        // RFC 6062 runs over streams only: the server
-                        // refuses it over UDP before it gets here.
-                        Output::Connect { .. } | Output::Bind { .. } => {}
-                    }
-                }
+        }
+        for (listener, queue) in self.listeners.iter().zip(self.queues.iter_mut()) {
+            if !queue.is_empty() {
+                let flushed = queue.flush(listener);
+                self.send_errors += flushed.dropped;
             }
         }
         self.log_events();
         more
     }
 
-    /// Handles what a relay socket has received, up to a bound; returns
-    /// whether more may be waiting.
-    fn drain_relay(&mut self, relay: &RelayInner, id: AllocationId) -> bool {
-        let now = Instant::now();
-        let RelayKind::Udp(socket) = &relay.kind else {
+    /// Handles one batch a listener has received; returns whether it was a
+    /// full one.
+    fn drain_listener(&mut self, index: usize, now: Instant) -> bool {
+        let Self {
+            server,
+            listeners,
+            queues,
+            reply,
+            rx,
+            rx_meta,
+            send_errors,
+            ..
+        } = self;
+        let (Some(listener), Some(queue)) = (listeners.get(index), queues.get_mut(index)) else {
             return false;
         };
-        let payload = PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_PAYLOAD;
-        for _ in 0..PEER_BATCH {
-            let Some(room) = self.peer_buf.get_mut(payload.clone()) else {
-                return false;
+        let mut chunks = rx.chunks_mut(RX_SLOT);
+        let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        let count = match listener.recv(&mut slices, rx_meta) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                // An ICMP error reported on the socket, say: reading it
+                // cleared it, and the next round goes on.
+                debug!(error = %e, "receive failed");
+                return true;
+            }
+        };
+        for (meta, slot) in rx_meta.iter().take(count).zip(rx.chunks(RX_SLOT)) {
+            let data = slot.get(..meta.len).unwrap_or_default();
+            let client = SocketAddr::new(canonical(meta.addr.ip()), meta.addr.port());
+            let server_ip = meta.dst_ip.map_or(listener.local.ip(), canonical);
+            let tuple = FiveTuple {
+                transport: Transport::Udp,
+                client,
+                server: SocketAddr::new(server_ip, listener.local.port()),
             };
-            let (len, from) = match socket.try_recv_from(room) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) => {
-                    debug!(error = %e, "relay receive failed");
-                    return true;
+            // With GRO, one buffer holds several datagrams of `stride`
+            // bytes each.
+            let stride = if meta.stride == 0 {
+                data.len()
+            } else {
+                meta.stride
+            };
+            for datagram in data.chunks(stride.max(1)) {
+                match server.handle_client(now, tuple, datagram, reply) {
+                    Output::None => {}
+                    Output::Reply(len) => {
+                        let answer = reply.get(..len).unwrap_or_default();
+                        let flushed = queue.push(listener, meta.addr, server_ip, answer);
+                        *send_errors += flushed.dropped;
+                    }
+                    Output::ToPeer { socket, peer, data } => {
+                        if socket.send_to(data, peer).is_err() {
+                            *send_errors += 1;
+                        }
+                    }
+                    // RFC 6062 runs over streams only: the server
+                    // refuses it over UDP before it gets here.
+                    Output::Connect { .. } | Output::Bind { .. } => {}
                 }
+            }
+        }
+        count == quinn_udp::BATCH_SIZE
+    }
+
+    /// Handles one batch a relay socket has received: peers' datagrams for
+    /// allocation `id`'s client. Returns whether it was a full one.
+    fn drain_relay(&mut self, id: AllocationId, now: Instant) -> bool {
+        let Self {
+            server,
+            listeners,
+            queues,
+            connections,
+            peer_buf,
+            peer_got,
+            send_errors,
+            ..
+        } = self;
+        let mut count = 0;
+        let mut failed = false;
+        // One socket, or two for a dual allocation (whose event does not
+        // say which is ready).
+        for socket in server.relay_sockets(id).filter_map(|s| s.udp()) {
+            let mut slots: [&mut [u8]; PEER_BATCH] = {
+                let mut chunks = peer_buf.chunks_mut(PEER_SLOT);
+                std::array::from_fn(|_| {
+                    chunks
+                        .next()
+                        .and_then(|c| c.get_mut(PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_PAYLOAD))
+                        .unwrap_or_default()
+                })
             };
-            let Some(out) = self
-                .server
-                .handle_peer(now, id, from, &mut self.peer_buf, len)
-            else {
+            let free = slots.get_mut(count..).unwrap_or_default();
+            let got = peer_got.get_mut(count..).unwrap_or_default();
+            match sys::recv_many(socket, free, got) {
+                Ok(n) => count += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // Reading the error cleared it; data may still wait.
+                    debug!(error = %e, "relay receive failed");
+                    failed = true;
+                }
+            }
+        }
+        let full = failed || count == PEER_BATCH;
+        for (got, slot) in peer_got
+            .iter()
+            .take(count)
+            .zip(peer_buf.chunks_mut(PEER_SLOT))
+        {
+            let Some(out) = server.handle_peer(now, id, got.from, slot, got.len) else {
                 continue;
             };
-            let data = self.peer_buf.get(out.range).unwrap_or_default();
+            let data = slot.get(out.range).unwrap_or_default();
             if out.tuple.transport.is_stream() {
-                if let Some(conn) = self.connections.get(&out.tuple) {
+                if let Some(conn) = connections.get(&out.tuple) {
                     conn.push(data);
                 }
                 continue;
             }
-            let Some(listener) = self.listeners.iter().find(|l| l.serves(out.tuple.server)) else {
+            let Some(index) = listeners.iter().position(|l| l.serves(out.tuple.server)) else {
                 continue;
             };
-            if listener
-                .send(out.tuple.client, out.tuple.server.ip(), data)
-                .is_err()
-            {
-                self.send_errors += 1;
-            }
+            let (Some(listener), Some(queue)) = (listeners.get(index), queues.get_mut(index))
+            else {
+                continue;
+            };
+            let flushed: Flushed =
+                queue.push(listener, out.tuple.client, out.tuple.server.ip(), data);
+            *send_errors += flushed.dropped;
         }
-        true
+        full
     }
 
     /// A message from a TCP or TLS client; `Some` when it was a

@@ -115,10 +115,17 @@ impl AllocationId {
         (self.0 >> 32) as u32
     }
 
-    /// The id as a number, for logs.
+    /// The id as a number, for logs and for a runtime's event tokens.
     #[must_use]
     pub const fn get(self) -> u64 {
         self.0
+    }
+
+    /// The id [`get`](Self::get) returned. Any number is safe to pass: one
+    /// that names no live allocation finds nothing.
+    #[must_use]
+    pub const fn from_raw(raw: u64) -> Self {
+        Self(raw)
     }
 }
 

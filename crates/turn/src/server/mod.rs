@@ -342,6 +342,19 @@ impl<R: Relays> Server<R> {
         self.by_tuple.len()
     }
 
+    /// The relay sockets of allocation `id` (one, or two for a dual
+    /// allocation), expired or not: the runtime reads whatever they hold.
+    pub fn relay_sockets(&self, id: AllocationId) -> impl Iterator<Item = &R::Socket> {
+        let alloc = self
+            .slots
+            .get(id.index())
+            .filter(|slot| slot.generation == id.generation())
+            .and_then(|slot| slot.allocation.as_ref());
+        [Family::V4, Family::V6]
+            .into_iter()
+            .filter_map(move |family| alloc?.relay(family).map(|relay| &relay.socket))
+    }
+
     /// Whether `tuple` has a live allocation.
     #[must_use]
     pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
