@@ -383,7 +383,7 @@ impl Shard {
             };
             let free = slots.get_mut(count..).unwrap_or_default();
             let got = peer_got.get_mut(count..).unwrap_or_default();
-            match sys::recv_many(socket, free, got) {
+            match sys::recv_many::<PEER_BATCH>(socket, free, got) {
                 Ok(n) => count += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {

@@ -222,24 +222,25 @@ impl Received {
     };
 }
 
-/// Receives up to `bufs.len()` datagrams (and at most [`MAX_BATCH`]) in
-/// one call, without waiting: `bufs[i]` gets the i-th, described by
-/// `got[i]`. `WouldBlock` when nothing is waiting.
-pub(crate) fn recv_many(
+/// Receives up to `bufs.len()` datagrams (and at most `N`) in one call,
+/// without waiting: `bufs[i]` gets the i-th, described by `got[i]`.
+/// `WouldBlock` when nothing is waiting. `N` sizes the call's bookkeeping,
+/// which is set up afresh each time: keep it near the batch expected.
+pub(crate) fn recv_many<const N: usize>(
     socket: &impl AsRawFd,
     bufs: &mut [&mut [u8]],
     got: &mut [Received],
 ) -> io::Result<usize> {
-    let n = bufs.len().min(got.len()).min(MAX_BATCH);
+    let n = bufs.len().min(got.len()).min(N);
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
-    }; MAX_BATCH];
-    // SAFETY: all-zero bytes are a valid `sockaddr_storage` and `mmsghdr`
+    }; N];
+    // An IPv6 socket address is the largest an IP socket reports.
+    // SAFETY: all-zero bytes are a valid `sockaddr_in6` and `mmsghdr`
     // (null pointers, zero lengths).
-    let mut names: [libc::sockaddr_storage; MAX_BATCH] =
-        unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut msgs: [libc::mmsghdr; MAX_BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut names: [libc::sockaddr_in6; N] = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut msgs: [libc::mmsghdr; N] = unsafe { MaybeUninit::zeroed().assume_init() };
     for ((buf, iov), (name, msg)) in bufs
         .iter_mut()
         .zip(iovs.iter_mut())
@@ -251,7 +252,7 @@ pub(crate) fn recv_many(
         msg.msg_hdr.msg_iov = std::ptr::from_mut(iov);
         msg.msg_hdr.msg_iovlen = 1;
         msg.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
-        msg.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+        msg.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in6>();
     }
     let vlen = libc::c_uint::try_from(n).unwrap_or(0);
     // SAFETY: the first `n` headers point at live iovecs, each covering a
@@ -282,20 +283,21 @@ pub(crate) fn recv_many(
 }
 
 /// The IP socket address the kernel wrote into `name`, if it is one.
-fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    let name = std::ptr::from_ref(name);
-    match libc::c_int::from(name_family(name)) {
+fn socket_addr(name: &libc::sockaddr_in6) -> Option<SocketAddr> {
+    match libc::c_int::from(name.sin6_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a `sockaddr_in`,
-            // which is smaller than the storage.
-            let v4 = unsafe { name.cast::<libc::sockaddr_in>().read_unaligned() };
+            // which is smaller than a `sockaddr_in6`.
+            let v4 = unsafe {
+                std::ptr::from_ref(name)
+                    .cast::<libc::sockaddr_in>()
+                    .read_unaligned()
+            };
             let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
             Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(v4.sin_port)))
         }
         libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a `sockaddr_in6`,
-            // which is smaller than the storage.
-            let v6 = unsafe { name.cast::<libc::sockaddr_in6>().read_unaligned() };
+            let v6 = name;
             let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                 ip,
@@ -306,11 +308,6 @@ fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         _ => None,
     }
-}
-
-fn name_family(name: *const libc::sockaddr_storage) -> libc::sa_family_t {
-    // SAFETY: `name` points at a live `sockaddr_storage`.
-    unsafe { (*name).ss_family }
 }
 
 /// A datagram for [`send_many`]: `len` bytes at `start` of the buffer, to
@@ -487,7 +484,7 @@ mod tests {
         let mut space = vec![0u8; 4 * 64];
         let mut bufs: Vec<&mut [u8]> = space.chunks_mut(64).collect();
         let mut got = [Received::EMPTY; 4];
-        assert_eq!(recv_many(&receiver, &mut bufs, &mut got).unwrap(), 3);
+        assert_eq!(recv_many::<4>(&receiver, &mut bufs, &mut got).unwrap(), 3);
         let port = sender.local_addr().unwrap().port();
         for (i, (got, buf)) in got.iter().zip(&bufs).take(3).enumerate() {
             let i = u8::try_from(i).unwrap();
@@ -498,7 +495,7 @@ mod tests {
         // Read dry: level-triggered, nothing is reported any more.
         assert_eq!(epoll.poll(&mut ready).unwrap(), 0);
         assert_eq!(
-            recv_many(&receiver, &mut bufs, &mut got)
+            recv_many::<4>(&receiver, &mut bufs, &mut got)
                 .unwrap_err()
                 .kind(),
             io::ErrorKind::WouldBlock
@@ -527,7 +524,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(epoll.poll(&mut ready).unwrap(), 1);
             let mut bufs: [&mut [u8]; 1] = [&mut space];
-            assert_eq!(recv_many(&receiver, &mut bufs, &mut got).unwrap(), 1);
+            assert_eq!(recv_many::<4>(&receiver, &mut bufs, &mut got).unwrap(), 1);
         }
         assert_eq!(epoll.poll(&mut ready).unwrap(), 0);
     }
