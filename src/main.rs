@@ -49,6 +49,14 @@ enum Command {
     /// base64(HMAC-SHA1(secret, user name)). Any service holding the secret
     /// can mint them the same way.
     Credentials(CredentialsArgs),
+    /// Load a TURN server and measure it: allocation setup rate, relayed
+    /// packets per second, loss, latency, and the server's CPU and memory.
+    ///
+    /// Speaks standard TURN (RFC 8656) to any server. Each allocation sends
+    /// ChannelData at --rate to one of the generator's UDP echo peers (on
+    /// --peer-ip), which sends it back through the relay. Traffic goes to
+    /// SERVER and the echo peers only.
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -138,11 +146,144 @@ struct CredentialsArgs {
     uri: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// HOST:PORT of the TURN server.
+    #[arg(value_name = "SERVER")]
+    server: String,
+    /// Transport to the server.
+    #[arg(long, default_value = "udp", value_parser = ["udp", "tcp", "tls"])]
+    transport: String,
+    /// Static long-term credentials.
+    #[arg(
+        long,
+        value_name = "NAME:PASSWORD",
+        required_unless_present = "secret",
+        conflicts_with = "secret"
+    )]
+    user: Option<String>,
+    /// TURN REST API shared secret: user name "<unix expiry>:bench",
+    /// password base64(HMAC-SHA1(secret, user name)).
+    #[arg(long, value_name = "SECRET")]
+    secret: Option<String>,
+    /// Allocations (in --churn: at most this many in flight).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    allocations: usize,
+    /// Packets per second per allocation; 0 allocates and holds them idle.
+    #[arg(long, value_name = "PPS", default_value_t = 50)]
+    rate: u32,
+    /// ChannelData payload bytes (at least 24: run tag, allocation, sequence, echo hold time, send time).
+    #[arg(long, value_name = "BYTES", default_value_t = 160)]
+    size: usize,
+    /// Seconds measured (each step with --saturate; the whole churn with --churn).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of traffic before the measured window.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Generator threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Address the echo peers bind; the server must allow relaying to it.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    peer_ip: IpAddr,
+    /// Report this server process's CPU time over the measured window and
+    /// its memory (from /proc).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Create and delete allocations for --duration instead of streaming;
+    /// report allocations per second.
+    #[arg(long, conflicts_with = "saturate")]
+    churn: bool,
+    /// Steps of --duration, the rate times 1.25 each, until loss reaches
+    /// 1 % or the generator cannot keep up; report every step and the best.
+    #[arg(long)]
+    saturate: bool,
+    /// One JSON object on standard output instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// For tls: verify the server against this PEM CA (without it, any
+    /// certificate is accepted and the report says so).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Credentials(args) => credentials(&args),
+        Command::Bench(args) => bench(&args),
+    }
+}
+
+fn bench(args: &BenchArgs) -> ExitCode {
+    let fail = |code: u8, m: &str| {
+        eprintln!("turnpike bench: {m}");
+        ExitCode::from(code)
+    };
+    let credentials = match (&args.user, &args.secret) {
+        (Some(user), _) => match user.split_once(':') {
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => {
+                turnpike_bench::Credentials::User {
+                    name: name.to_owned(),
+                    password: password.to_owned(),
+                }
+            }
+            _ => return fail(EXIT_USAGE, "--user is NAME:PASSWORD, neither empty"),
+        },
+        (None, Some(secret)) => turnpike_bench::Credentials::Secret(secret.clone()),
+        (None, None) => return fail(EXIT_USAGE, "give --user or --secret"),
+    };
+    let seconds = |flag: &str, v: f64| {
+        std::time::Duration::try_from_secs_f64(v)
+            .map_err(|_| format!("{flag} must be a number of seconds, at least 0"))
+    };
+    let (duration, warmup) = match (
+        seconds("--duration", args.duration),
+        seconds("--warmup", args.warmup),
+    ) {
+        (Ok(d), Ok(w)) => (d, w),
+        (Err(e), _) | (_, Err(e)) => return fail(EXIT_USAGE, &e),
+    };
+    let mut config = turnpike_bench::Config::new(args.server.clone(), credentials);
+    config.transport = match args.transport.as_str() {
+        "tcp" => turnpike_bench::Transport::Tcp,
+        "tls" => turnpike_bench::Transport::Tls,
+        _ => turnpike_bench::Transport::Udp,
+    };
+    config.allocations = args.allocations;
+    config.rate = args.rate;
+    config.size = args.size;
+    config.duration = duration;
+    config.warmup = warmup;
+    if let Some(t) = args.threads {
+        config.threads = t;
+    }
+    config.peer_ip = args.peer_ip;
+    config.server_pid = args.server_pid;
+    config.mode = if args.churn {
+        turnpike_bench::Mode::Churn
+    } else if args.saturate {
+        turnpike_bench::Mode::Saturate
+    } else {
+        turnpike_bench::Mode::Stream
+    };
+    config.ca.clone_from(&args.ca);
+    match turnpike_bench::run(&config) {
+        Ok(report) => {
+            let text = if args.json {
+                report.to_json()
+            } else {
+                report.to_table()
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", text.trim_end());
+            let _ = out.flush();
+            ExitCode::SUCCESS
+        }
+        Err(turnpike_bench::Error::Usage(m)) => fail(EXIT_USAGE, &m),
+        Err(turnpike_bench::Error::Failed(m)) => fail(EXIT_FAILURE, &m),
     }
 }
 
