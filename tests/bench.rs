@@ -288,3 +288,55 @@ fn errors_are_one_clear_line() {
     }
     stop_cleanly(server);
 }
+
+/// The scale the README documents: 10,000 concurrent allocations on one
+/// server, each with its own relay socket, in well under the memory the
+/// README promises per allocation.
+#[test]
+fn ten_thousand_idle_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("turnpike.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nallocations_per_user = 10000\nunauthenticated_per_second = 0\n",
+    )
+    .unwrap();
+    let mut args = loopback_args();
+    let config = config.to_str().unwrap();
+    args.extend([
+        "--config",
+        config,
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--relay-ports",
+        "40000-51999",
+    ]);
+    let server = ServerProcess::start(&args);
+    let addr = server.addr_for(Via::Udp).to_string();
+    let pid = server.pid().to_string();
+    let r = report(&[
+        &addr,
+        "--user",
+        "alice:wonderland",
+        "--allocations",
+        "10000",
+        "--rate",
+        "0",
+        "--duration",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(r["setup"]["created"], 10_000, "{r}");
+    assert_eq!(r["setup"]["failed"], 0, "{r}");
+    let per_allocation = r["server_process"]["rss_per_allocation_bytes"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        per_allocation <= 4096,
+        "{per_allocation} bytes of RSS per idle allocation: {r}"
+    );
+    stop_cleanly(server);
+}
