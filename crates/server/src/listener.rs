@@ -71,14 +71,6 @@ pub(crate) struct SendQueue {
     datagrams: Vec<Outgoing>,
 }
 
-/// What a flush did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Flushed {
-    pub(crate) sent: u64,
-    /// Refused by the kernel (a full buffer, say) and dropped, as UDP would.
-    pub(crate) dropped: u64,
-}
-
 impl SendQueue {
     pub(crate) fn new() -> Self {
         Self {
@@ -87,23 +79,20 @@ impl SendQueue {
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.datagrams.is_empty()
-    }
-
-    /// Queues `data` for `to`, flushing first when the queue is full.
+    /// Queues `data` for `to`, flushing first when the queue is full;
+    /// returns how many datagrams that flush dropped.
     pub(crate) fn push(
         &mut self,
         listener: &Listener,
         to: SocketAddr,
         from: IpAddr,
         data: &[u8],
-    ) -> Flushed {
-        let mut flushed = Flushed::default();
+    ) -> u64 {
+        let mut dropped = 0;
         if self.datagrams.len() == sys::MAX_BATCH
             || self.bytes.len() + data.len() > QUEUE_BYTES.max(data.len())
         {
-            flushed = self.flush(listener);
+            dropped = self.flush(listener);
         }
         self.datagrams.push(Outgoing {
             to,
@@ -112,34 +101,34 @@ impl SendQueue {
             len: data.len(),
         });
         self.bytes.extend_from_slice(data);
-        flushed
+        dropped
     }
 
-    /// Sends everything queued. A datagram the kernel refuses is dropped
-    /// and the rest go on.
-    pub(crate) fn flush(&mut self, listener: &Listener) -> Flushed {
-        let mut flushed = Flushed::default();
+    /// Sends everything queued. A datagram the kernel refuses (a full
+    /// buffer, say) is dropped, as UDP would, and the rest go on; returns
+    /// how many were dropped.
+    pub(crate) fn flush(&mut self, listener: &Listener) -> u64 {
+        let mut dropped = 0;
         let mut rest = self.datagrams.as_slice();
         while !rest.is_empty() {
             match sys::send_many(listener, &self.bytes, rest) {
                 Ok(n) if n > 0 => {
-                    flushed.sent += n as u64;
                     rest = rest.get(n..).unwrap_or_default();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The socket buffer is full: the rest would fare no
                     // better.
-                    flushed.dropped += rest.len() as u64;
+                    dropped += rest.len() as u64;
                     break;
                 }
                 Ok(_) | Err(_) => {
-                    flushed.dropped += 1;
+                    dropped += 1;
                     rest = rest.get(1..).unwrap_or_default();
                 }
             }
         }
         self.datagrams.clear();
         self.bytes.clear();
-        flushed
+        dropped
     }
 }

@@ -33,7 +33,7 @@ use turnpike_turn::{
 };
 
 use crate::http::{Reports, ShardReport};
-use crate::listener::{Flushed, Listener, SendQueue};
+use crate::listener::{Listener, SendQueue};
 use crate::relay::{Binder, PortPool, ReservedPort};
 use crate::stream::{self, Outbound, StreamListener};
 use crate::sys::{self, Epoll, Ready, Received, SharedEpoll};
@@ -278,10 +278,7 @@ impl Shard {
             };
         }
         for (listener, queue) in self.listeners.iter().zip(self.queues.iter_mut()) {
-            if !queue.is_empty() {
-                let flushed = queue.flush(listener);
-                self.send_errors += flushed.dropped;
-            }
+            self.send_errors += queue.flush(listener);
         }
         self.log_events();
         more
@@ -337,8 +334,7 @@ impl Shard {
                     Output::None => {}
                     Output::Reply(len) => {
                         let answer = reply.get(..len).unwrap_or_default();
-                        let flushed = queue.push(listener, meta.addr, server_ip, answer);
-                        *send_errors += flushed.dropped;
+                        *send_errors += queue.push(listener, meta.addr, server_ip, answer);
                     }
                     Output::ToPeer { socket, peer, data } => {
                         if socket.send_to(data, peer).is_err() {
@@ -409,16 +405,14 @@ impl Shard {
                 }
                 continue;
             }
-            let Some(index) = listeners.iter().position(|l| l.serves(out.tuple.server)) else {
-                continue;
-            };
-            let (Some(listener), Some(queue)) = (listeners.get(index), queues.get_mut(index))
+            let Some((listener, queue)) = listeners
+                .iter()
+                .zip(queues.iter_mut())
+                .find(|(l, _)| l.serves(out.tuple.server))
             else {
                 continue;
             };
-            let flushed: Flushed =
-                queue.push(listener, out.tuple.client, out.tuple.server.ip(), data);
-            *send_errors += flushed.dropped;
+            *send_errors += queue.push(listener, out.tuple.client, out.tuple.server.ip(), data);
         }
         full
     }
