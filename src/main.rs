@@ -147,6 +147,10 @@ struct CredentialsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when the run completed, 1 when it failed (server unreachable, \
+authentication refused, quota reached), 2 for a bad flag."
+)]
 struct BenchArgs {
     /// HOST:PORT of the TURN server.
     #[arg(value_name = "SERVER")]
