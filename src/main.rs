@@ -200,7 +200,9 @@ struct BenchArgs {
     #[arg(long, conflicts_with = "saturate")]
     churn: bool,
     /// Steps of --duration, the rate times 1.25 each, until loss reaches
-    /// 1 % or the generator cannot keep up; report every step and the best.
+    /// 1 % or the generator cannot keep up, then 3 steps that bisect
+    /// between the last rate under 1 % loss and the first over it; report
+    /// every step and the best.
     #[arg(long)]
     saturate: bool,
     /// One JSON object on standard output instead of the table.

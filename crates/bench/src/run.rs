@@ -142,6 +142,10 @@ const LEAD: Duration = Duration::from_millis(50);
 const STEP_FACTOR: f64 = 1.25;
 const MAX_LOSS_PCT: f64 = 1.0;
 const MAX_STEPS: usize = 60;
+/// Saturation: steps that bisect between the last step under the loss
+/// limit and the first over it, which brings the ramp's resolution from
+/// 25 % to under 3 %.
+const REFINE_STEPS: usize = 3;
 
 fn failed(m: impl Into<String>) -> Error {
     Error::Failed(m.into())
@@ -520,12 +524,10 @@ fn drive(
             let mut rate = f64::from(config.rate);
             let mut steps: Vec<Step> = Vec::new();
             let mut gen_total = 0.0;
-            loop {
+            let mut step_at = |rate: f64, steps: &mut Vec<Step>| -> Result<Verdict, Error> {
                 let (step, gen_cpu) = phase(config, threads, rate, created, rss_before, rss_after)?;
                 gen_total += gen_cpu;
-                let stop = step.traffic.loss_pct >= MAX_LOSS_PCT
-                    || step.traffic.generator_limited
-                    || steps.len() + 1 >= MAX_STEPS;
+                let verdict = Verdict::of(&step);
                 let t = &step.traffic;
                 eprintln_progress(&format!(
                     "step {}: {:.1} pps/allocation, offered {:.0}/s, delivered {:.0}/s, loss {:.3} %{}",
@@ -541,10 +543,36 @@ fn drive(
                     }
                 ));
                 steps.push(step);
-                if stop {
+                Ok(verdict)
+            };
+            let mut good = None;
+            loop {
+                match step_at(rate, &mut steps)? {
+                    Verdict::Held => good = Some(rate),
+                    Verdict::Lost => break,
+                    Verdict::GeneratorLimited => {
+                        good = None;
+                        break;
+                    }
+                }
+                if steps.len() >= MAX_STEPS {
+                    good = None;
                     break;
                 }
                 rate *= STEP_FACTOR;
+            }
+            // The ramp ended on loss: bisect (geometrically) between the
+            // last rate that held and the one that did not.
+            if let Some(mut low) = good {
+                let mut high = rate;
+                for _ in 0..REFINE_STEPS {
+                    let mid = (low * high).sqrt();
+                    match step_at(mid, &mut steps)? {
+                        Verdict::Held => low = mid,
+                        Verdict::Lost => high = mid,
+                        Verdict::GeneratorLimited => break,
+                    }
+                }
             }
             let best = steps
                 .iter()
@@ -564,6 +592,29 @@ fn drive(
         }
     }
     Ok(report)
+}
+
+/// How a saturation step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Loss stayed under the limit.
+    Held,
+    /// Loss reached the limit: the server (or the path) is saturated.
+    Lost,
+    /// The generator could not offer the rate; no conclusion on the server.
+    GeneratorLimited,
+}
+
+impl Verdict {
+    fn of(step: &Step) -> Self {
+        if step.traffic.generator_limited {
+            Self::GeneratorLimited
+        } else if step.traffic.loss_pct >= MAX_LOSS_PCT {
+            Self::Lost
+        } else {
+            Self::Held
+        }
+    }
 }
 
 /// Progress for a person, on standard error.
