@@ -271,8 +271,10 @@ impl<'a> Message<'a> {
                     }
                 }
                 AttrType::FINGERPRINT => {
+                    // Exactly 4 bytes (§14.7): a shorter value would take
+                    // its padding for part of the CRC.
                     let crc = bytes
-                        .get(offset + ATTR_HEADER_LEN..next)
+                        .get(offset + ATTR_HEADER_LEN..offset + ATTR_HEADER_LEN + value_len)
                         .and_then(|v| <[u8; 4]>::try_from(v).ok())
                         .map(u32::from_be_bytes);
                     if crc != Some(integrity::fingerprint(bytes, offset)) {
@@ -519,6 +521,29 @@ mod tests {
         assert_eq!(msg.get(AttrType::LIFETIME), Some(Ok(Attr::Lifetime(1))));
         assert_eq!(msg.unknown_comprehension_required(), &[0x7FFF]);
         assert_eq!(msg.attributes().count(), 5);
+    }
+
+    #[test]
+    fn a_fingerprint_is_exactly_four_bytes() {
+        // Found by the differential test: a FINGERPRINT of length 3 was
+        // read with its padding byte as the fourth byte of the CRC, so a
+        // message with a malformed FINGERPRINT could pass.
+        let mut m = header(0x0001, 8);
+        m.extend_from_slice(&[0x80, 0x28, 0x00, 0x04, 0, 0, 0, 0]);
+        let crc = integrity::fingerprint(&m, HEADER_LEN).to_be_bytes();
+        m[24..28].copy_from_slice(&crc);
+        assert!(Message::parse(&m).unwrap().has_fingerprint());
+        for len in [0u8, 3] {
+            let mut short = m.clone();
+            short[23] = len;
+            let crc = integrity::fingerprint(&short, HEADER_LEN).to_be_bytes();
+            short[24..28].copy_from_slice(&crc);
+            assert_eq!(
+                Message::parse(&short).unwrap_err(),
+                DecodeError::BadFingerprint,
+                "FINGERPRINT of {len} bytes"
+            );
+        }
     }
 
     #[test]
