@@ -26,7 +26,10 @@ const EXIT_FAILURE: u8 = 1;
     long_about = "A STUN/TURN relay (RFC 8489, RFC 8656) for real-time audio and video, secure by default: \
 authentication is always on, and peers in private, loopback, link-local and other special-purpose \
 ranges are refused unless explicitly allowed.",
-    after_help = "Exit status: 0 on a clean stop (SIGINT or SIGTERM), 1 when the server cannot run \
+    after_help = "SIGTERM or SIGINT drains: new allocations are refused (300 with [drain] alternate, \
+else 508) and /healthz answers 503, while existing allocations go on until they end or [drain] \
+timeout passes (30 s by default); a second SIGTERM or SIGINT stops at once. SIGHUP reloads the \
+certificates.\n\nExit status: 0 on a clean stop, 1 when the server cannot run \
 (a port is in use, say), 2 for a bad flag or configuration.\n\nLogs go to standard error; set the \
 level with --log-level or TURNPIKE_LOG (e.g. TURNPIKE_LOG=debug)."
 )]
@@ -117,6 +120,14 @@ struct ServeArgs {
     /// Relay over TCP to peers (RFC 6062; replaces `relay.tcp`).
     #[arg(long)]
     relay_tcp: bool,
+    /// Seconds existing allocations may go on after SIGTERM before the
+    /// server stops; 0 stops at once (replaces `drain.timeout`; default 30).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    drain_timeout: Option<u64>,
+    /// Where new allocations are sent while draining, as 300 Try Alternate
+    /// (repeatable, one per address family; replaces `drain.alternate`).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    drain_alternate: Vec<SocketAddr>,
     /// Log level (default info). TURNPIKE_LOG takes fuller filters, e.g.
     /// TURNPIKE_LOG=info,turnpike_server=debug.
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -314,6 +325,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         http_address: args.http_address,
         api_keys: args.api_key,
         relay_tcp: args.relay_tcp.then_some(true),
+        drain_timeout: args.drain_timeout,
+        drain_alternates: args.drain_alternate,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -330,8 +343,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     print_banner(&running, &config);
-    let signal = wait_for_signals(&running);
-    tracing::info!(signal, "stopping");
+    serve_until_stopped(&running);
     running.stop();
     ExitCode::SUCCESS
 }
@@ -492,15 +504,20 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM, and returns which; on SIGHUP, reloads
-/// the certificates and goes on.
-fn wait_for_signals(running: &turnpike_server::Running) -> &'static str {
+/// Serves until SIGTERM or SIGINT, then drains: new allocations are
+/// refused while existing ones go on, until the last one ends or the drain
+/// timeout passes; a second SIGTERM or SIGINT stops at once. SIGHUP reloads
+/// the certificates at any time.
+fn serve_until_stopped(running: &turnpike_server::Running) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(_) => return "none",
+        Err(e) => {
+            tracing::error!(error = %e, "cannot wait for signals; stopping");
+            return;
+        }
     };
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -509,14 +526,57 @@ fn wait_for_signals(running: &turnpike_server::Running) -> &'static str {
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
         ) else {
-            return "none";
+            tracing::error!("cannot wait for signals; stopping");
+            return;
         };
-        loop {
+        let first = loop {
             tokio::select! {
-                _ = term.recv() => return "SIGTERM",
-                _ = int.recv() => return "SIGINT",
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
                 _ = hup.recv() => running.reload_certificates(),
             }
+        };
+        let timeout = running.drain_timeout;
+        let held = running.allocations();
+        if timeout.is_zero() || held == 0 {
+            tracing::info!(signal = first, allocations = held, "stopping");
+            return;
         }
-    })
+        running.drain();
+        tracing::info!(
+            signal = first,
+            allocations = held,
+            timeout_s = timeout.as_secs(),
+            "draining: new allocations are refused; stopping when the last one ends or the \
+             timeout passes (send the signal again to stop now)"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(allocations = running.allocations(), "SIGTERM again: stopping now");
+                    return;
+                }
+                _ = int.recv() => {
+                    tracing::info!(allocations = running.allocations(), "SIGINT again: stopping now");
+                    return;
+                }
+                _ = hup.recv() => running.reload_certificates(),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(
+                        allocations = running.allocations(),
+                        "drain timeout passed: stopping"
+                    );
+                    return;
+                }
+                _ = check.tick() => {
+                    if running.allocations() == 0 {
+                        tracing::info!("the last allocation ended: stopping");
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }

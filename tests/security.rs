@@ -480,3 +480,146 @@ fn authentication_is_always_on() {
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");
     let _ = MessageType::new(Method::ALLOCATE, Class::Request);
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The value of an unlabelled metric, or the sum over its labels.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Sends `count` unauthenticated Allocates from 127.0.0.2 as fast as one
+/// socket can; returns how many were answered and how long sending took.
+fn flood(target: SocketAddr, count: usize) -> (usize, Duration) {
+    // Another source than the real clients' (127.0.0.1).
+    let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 128];
+    let mut rx = [0u8; 1500];
+    let mut answers = 0usize;
+    let started = std::time::Instant::now();
+    for i in 0..count {
+        let mut tid = [0u8; 12];
+        tid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let mut w = MessageWriter::new(
+            &mut buf,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            TransactionId(tid),
+        )
+        .unwrap();
+        w.add(&Attr::RequestedTransport(17)).unwrap();
+        let n = w.finish();
+        // A full socket buffer is a drop, as on a real network.
+        let _ = socket.send_to(&buf[..n], target);
+        while socket.recv_from(&mut rx).is_ok() {
+            answers += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    // Late answers.
+    socket.set_nonblocking(false).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while socket.recv_from(&mut rx).is_ok() {
+        answers += 1;
+    }
+    (answers, elapsed)
+}
+
+/// SECURITY.md §D: 100,000 unauthenticated Allocates from one source, as
+/// fast as one socket sends them. The server keeps no state for them
+/// (nonces are stateless: RSS stays put), answers at most its per-source
+/// rate, and serves real clients from another address all the while.
+#[test]
+fn a_flood_of_unauthenticated_allocates_leaves_nothing_behind() {
+    const FLOOD: usize = 100_000;
+    let mut args = loopback_args();
+    args.extend([
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--http-address",
+        "127.0.0.1:0",
+    ]);
+    let server = ServerProcess::start(&args);
+    let pid = server.pid();
+    let peer = echo_peer(10_000);
+    // Warm every path once: a real allocation made and gone, and a small
+    // flood, so that what follows measures only what a flood adds.
+    {
+        let mut warm = TurnClient::new(server.addr, "alice", "wonderland");
+        warm.allocate();
+        let _ = warm.request(Method::REFRESH, &[Attr::Lifetime(0)]);
+    }
+    flood(server.addr, 2_000);
+
+    // The flood alone: nothing stays.
+    let rss_before = rss_kib(pid);
+    let (answers, elapsed) = flood(server.addr, FLOOD);
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after <= rss_before + 512,
+        "RSS grew from {rss_before} to {rss_after} KiB over {FLOOD} unauthenticated Allocates"
+    );
+    // Answers: the burst, then the per-source rate (50/s by default).
+    let allowed = 100 + (elapsed.as_secs_f64() + 1.0) as usize * 50;
+    assert!(
+        answers <= allowed,
+        "{answers} answers in {elapsed:?} (at most {allowed})"
+    );
+
+    // Again, with real clients allocating, relaying and leaving, again
+    // and again, while it lasts.
+    let flooder = {
+        let target = server.addr;
+        std::thread::spawn(move || flood(target, FLOOD))
+    };
+    let mut rounds = 0;
+    while !flooder.is_finished() || rounds < 3 {
+        let mut client = TurnClient::new(server.addr, "alice", "wonderland");
+        client.allocate();
+        client.channel_bind(0x4000, peer).unwrap();
+        client.send_channel(0x4000, b"through the flood");
+        let echoed = client
+            .recv(Duration::from_secs(5))
+            .expect("an echo during the flood");
+        assert_eq!(
+            turnpike_stun::channel_data::parse(&echoed).unwrap().payload,
+            b"through the flood"
+        );
+        let gone = client.request(Method::REFRESH, &[Attr::Lifetime(0)]);
+        assert_eq!(gone.code(), None);
+        rounds += 1;
+    }
+    let (answers2, elapsed2) = flooder.join().unwrap();
+    let allowed2 = 100 + (elapsed2.as_secs_f64() + 1.0) as usize * 50;
+    assert!(answers2 <= allowed2, "{answers2} answers in {elapsed2:?}");
+
+    let metrics = server.metrics_when(std::time::Instant::now() + Duration::from_secs(5), |m| {
+        metric(m, "turnpike_allocations") == 0 && metric(m, "turnpike_rate_limited_total") > 0
+    });
+    eprintln!(
+        "flood: {FLOOD} Allocates in {elapsed:?}, {answers} answered, RSS {rss_before} -> \
+         {rss_after} KiB; again in {elapsed2:?} beside {rounds} real clients, {answers2} \
+         answered; {} rate-limited in all",
+        metric(&metrics, "turnpike_rate_limited_total")
+    );
+}

@@ -180,6 +180,10 @@ impl ServerProcess {
         if !args.contains(&"--listen") && !args.contains(&"--config") {
             cmd.args(["--listen", "udp://127.0.0.1:0"]);
         }
+        // SIGTERM stops at once (tests/drain.rs tests draining).
+        if !args.contains(&"--drain-timeout") {
+            cmd.args(["--drain-timeout", "0"]);
+        }
         let mut child = cmd.spawn().expect("the turnpike binary starts");
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
@@ -314,19 +318,35 @@ impl ServerProcess {
 
     /// Sends SIGTERM and waits; returns the exit code and everything the
     /// server logged.
-    pub fn stop(mut self) -> (Option<i32>, String) {
+    pub fn stop(self) -> (Option<i32>, String) {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends a signal ("TERM", "INT", "HUP").
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, killing it after `limit`; returns
+    /// the exit code (`None` when it had to be killed) and everything the
+    /// server logged.
+    pub fn wait_exit(mut self, limit: Duration) -> (Option<i32>, String) {
         let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
-                break status;
+                break Some(status);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                break child.wait().unwrap();
+                let _ = child.wait();
+                break None;
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -335,7 +355,15 @@ impl ServerProcess {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        (status.code(), log)
+        (status.and_then(|s| s.code()), log)
+    }
+
+    /// The plain-HTTP listener (`--http-address`), if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listening
+            .iter()
+            .find(|(t, _)| t == "http")
+            .map(|(_, a)| *a)
     }
 
     /// Whether the process is still running.

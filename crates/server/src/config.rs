@@ -358,6 +358,16 @@ struct File {
     limits: LimitsSection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    drain: DrainSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainSection {
+    timeout: Option<toml::Spanned<u64>>,
+    #[serde(default)]
+    alternate: Vec<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,7 +430,9 @@ struct LimitsSection {
     channels_per_allocation: Option<toml::Spanned<usize>>,
     unauthenticated_per_second: Option<u32>,
     unauthenticated_burst: Option<toml::Spanned<u32>>,
+    bandwidth_kbps: Option<toml::Spanned<u64>>,
     connections: Option<toml::Spanned<usize>>,
+    connections_per_source: Option<toml::Spanned<usize>>,
     handshake_timeout: Option<toml::Spanned<u64>>,
     idle_timeout: Option<toml::Spanned<u64>>,
 }
@@ -443,6 +455,8 @@ pub struct Overrides {
     pub http_address: Option<SocketAddr>,
     pub api_keys: Vec<String>,
     pub relay_tcp: Option<bool>,
+    pub drain_timeout: Option<u64>,
+    pub drain_alternates: Vec<SocketAddr>,
 }
 
 /// Limits on TCP and TLS connections.
@@ -450,6 +464,9 @@ pub struct Overrides {
 pub struct StreamLimits {
     /// Connections open at once, across listeners; more are refused.
     pub connections: usize,
+    /// Connections open at once from one source (an IPv4 address or an
+    /// IPv6 /64). Offices behind one NAT share a source: keep it high.
+    pub connections_per_source: usize,
     /// Time a new connection has to finish its TLS handshake and send its
     /// first message (half-open connections end here).
     pub handshake_timeout: Duration,
@@ -461,8 +478,34 @@ impl Default for StreamLimits {
     fn default() -> Self {
         Self {
             connections: 10_000,
+            connections_per_source: 1_000,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The largest `limits.bandwidth_kbps`: 100 Gbit/s.
+const MAX_BANDWIDTH_KBPS: u64 = 100_000_000;
+
+/// What SIGTERM does (`[drain]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// How long existing allocations may go on after SIGTERM; the server
+    /// exits when the last one ends or this time has passed. Zero stops at
+    /// once.
+    pub timeout: Duration,
+    /// Where new allocations are sent while draining (300 Try Alternate
+    /// with ALTERNATE-SERVER): at most one per address family. Without one
+    /// for the client's family, they get 508.
+    pub alternates: Vec<SocketAddr>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            alternates: Vec::new(),
         }
     }
 }
@@ -505,6 +548,7 @@ pub struct Config {
     pub limits: turnpike_turn::Limits,
     pub streams: StreamLimits,
     pub http: Http,
+    pub drain: Drain,
     /// RFC 6062 TCP relaying.
     pub relay_tcp: bool,
 }
@@ -512,7 +556,7 @@ pub struct Config {
 impl Config {
     /// Reads `path` (if given) and applies `overrides`.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let (file, text) = match path {
+        match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     file: Some(path.to_owned()),
@@ -520,14 +564,17 @@ impl Config {
                     key: None,
                     message: format!("cannot read: {e}"),
                 })?;
-                (parse(&text).map_err(|e| e.in_file(path, &text))?, text)
+                Self::from_toml(&text, path, overrides)
             }
-            None => (File::default(), String::new()),
-        };
-        Self::resolve(file, overrides).map_err(|e| match path {
-            Some(path) => e.in_file(path, &text),
-            None => e.into_config_error(),
-        })
+            None => Self::resolve(File::default(), overrides).map_err(Located::into_config_error),
+        }
+    }
+
+    /// Parses `text`, the contents of the file at `path` (named in
+    /// errors, not read), and applies `overrides`.
+    pub fn from_toml(text: &str, path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = parse(text).map_err(|e| e.in_file(path, text))?;
+        Self::resolve(file, overrides).map_err(|e| e.in_file(path, text))
     }
 
     fn resolve(file: File, o: &Overrides) -> Result<Self, Located> {
@@ -707,6 +754,19 @@ impl Config {
                 Some(b) => *b.get_ref(),
                 None => defaults.unauthenticated_burst,
             },
+            bandwidth_bytes_per_second: match &l.bandwidth_kbps {
+                Some(b) if *b.get_ref() > MAX_BANDWIDTH_KBPS => {
+                    return Err(Located::at(
+                        b,
+                        "limits.bandwidth_kbps",
+                        format!(
+                            "must be at most {MAX_BANDWIDTH_KBPS} (100 Gbit/s); 0 turns the limit off"
+                        ),
+                    ));
+                }
+                Some(b) => *b.get_ref() * 1000 / 8,
+                None => defaults.bandwidth_bytes_per_second,
+            },
         };
 
         let hostname = match (&o.hostname, &file.hostname) {
@@ -762,6 +822,11 @@ impl Config {
                 "limits.connections",
                 stream_defaults.connections,
             )?,
+            connections_per_source: positive(
+                &l.connections_per_source,
+                "limits.connections_per_source",
+                stream_defaults.connections_per_source,
+            )?,
             handshake_timeout: seconds(
                 &l.handshake_timeout,
                 "limits.handshake_timeout",
@@ -774,11 +839,30 @@ impl Config {
             )?,
         };
 
+        let mut drain = resolve_drain(&file.drain)?;
+        if let Some(secs) = o.drain_timeout {
+            if secs > 86_400 {
+                return Err(Located::flag(
+                    "--drain-timeout",
+                    "must be between 0 and 86400 seconds",
+                ));
+            }
+            drain.timeout = Duration::from_secs(secs);
+        }
+        if !o.drain_alternates.is_empty() {
+            drain.alternates = check_alternates(
+                o.drain_alternates
+                    .iter()
+                    .map(|a| (*a, None::<&toml::Spanned<String>>)),
+            )?;
+        }
+
         Ok(Self {
             realm,
             hostname,
             streams,
             http,
+            drain,
             relay_tcp: o.relay_tcp.unwrap_or(file.relay.tcp),
             state_dir: o
                 .state_dir
@@ -806,6 +890,70 @@ impl Config {
             limits,
         })
     }
+}
+
+fn resolve_drain(section: &DrainSection) -> Result<Drain, Located> {
+    let defaults = Drain::default();
+    let timeout = match &section.timeout {
+        Some(s) if *s.get_ref() > 86_400 => {
+            return Err(Located::at(
+                s,
+                "drain.timeout",
+                "must be between 0 and 86400 seconds",
+            ));
+        }
+        Some(s) => Duration::from_secs(*s.get_ref()),
+        None => defaults.timeout,
+    };
+    let mut parsed = Vec::new();
+    for entry in &section.alternate {
+        let addr: SocketAddr = entry.get_ref().parse().map_err(|_| {
+            Located::at(
+                entry,
+                "drain.alternate",
+                format!(
+                    "\"{}\" is not an IP address and port, such as \"203.0.113.9:3478\" or \"[2001:db8::9]:3478\"",
+                    entry.get_ref()
+                ),
+            )
+        })?;
+        parsed.push((addr, Some(entry)));
+    }
+    let alternates = check_alternates(parsed.into_iter())?;
+    Ok(Drain {
+        timeout,
+        alternates,
+    })
+}
+
+/// Alternate servers for draining: reachable addresses, at most one per
+/// family. Each comes with where it was written (`None`: on the command
+/// line).
+fn check_alternates<'a>(
+    entries: impl Iterator<Item = (SocketAddr, Option<&'a toml::Spanned<String>>)>,
+) -> Result<Vec<SocketAddr>, Located> {
+    let fail = |at: Option<&toml::Spanned<String>>, message: String| match at {
+        Some(s) => Located::at(s, "drain.alternate", message),
+        None => Located::flag("--drain-alternate", message),
+    };
+    let mut alternates: Vec<SocketAddr> = Vec::new();
+    for (addr, at) in entries {
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(fail(
+                at,
+                format!("{addr} is not an address clients can reach"),
+            ));
+        }
+        if alternates.iter().any(|a| a.is_ipv4() == addr.is_ipv4()) {
+            return Err(fail(
+                at,
+                "at most one alternate per address family (clients get the one of their own)"
+                    .to_owned(),
+            ));
+        }
+        alternates.push(addr);
+    }
+    Ok(alternates)
 }
 
 fn check_realm(realm: &str) -> Result<String, String> {
@@ -1055,6 +1203,39 @@ deny = []
         assert_eq!(c.streams, StreamLimits::default());
         assert_eq!(c.http.credential_ttl, 86_400);
         assert_eq!(c.http.api_keys.len(), 1);
+        assert_eq!(c.drain.timeout, Drain::default().timeout);
+        assert_eq!(c.drain.alternates, vec!["127.0.0.1:3479".parse().unwrap()]);
+    }
+
+    #[test]
+    fn drain_section() {
+        let c = load(
+            "[drain]\ntimeout = 0\nalternate = [\"192.0.2.9:3478\", \"[2001:db8::9]:3478\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.drain.timeout, Duration::ZERO);
+        assert_eq!(c.drain.alternates.len(), 2);
+        for (text, says) in [
+            ("[drain]\ntimeout = 86401\n", "between 0 and 86400"),
+            (
+                "[drain]\nalternate = [\"192.0.2.9\"]\n",
+                "not an IP address and port",
+            ),
+            (
+                "[drain]\nalternate = [\"[::]:3478\"]\n",
+                "not an address clients can reach",
+            ),
+            (
+                "[drain]\nalternate = [\"192.0.2.9:1\", \"192.0.2.10:1\"]\n",
+                "at most one alternate per address family",
+            ),
+            ("[drain]\nwait = 3\n", "unknown field"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(e.contains("drain"), "{text}: {e}");
+        }
+        assert_eq!(load("").unwrap().drain, Drain::default());
     }
 
     #[test]

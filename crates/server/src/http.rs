@@ -3,6 +3,7 @@
 //! and on `[http] address`.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,9 @@ pub struct ShardReport {
 #[derive(Debug, Default)]
 pub struct Reports {
     shards: Mutex<Vec<ShardReport>>,
+    /// Set when the server starts draining (SIGTERM): `/healthz` answers
+    /// 503 so that load balancers send new clients elsewhere.
+    draining: AtomicBool,
 }
 
 impl Reports {
@@ -47,7 +51,17 @@ impl Reports {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: Mutex::new(vec![ShardReport::default(); shards]),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Replaces shard `index`'s report.
@@ -139,13 +153,23 @@ pub(crate) fn spawn_plain(
         })
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 "ok" while the server takes new allocations; 503 "draining" once
+/// it has stopped taking them (SIGTERM), so that health checks take it out
+/// of rotation while its existing allocations finish.
+async fn healthz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
+    if state.reports.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Collected(state.reports.snapshot())));
+    registry.register_collector(Box::new(Collected {
+        shards: state.reports.snapshot(),
+        draining: state.reports.is_draining(),
+    }));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &registry) {
         Ok(()) => (
@@ -233,11 +257,21 @@ async fn credentials(
 /// fixed sets: transport, direction, reason, outcome; never a user name or
 /// an address.
 #[derive(Debug)]
-struct Collected(Vec<ShardReport>);
+struct Collected {
+    shards: Vec<ShardReport>,
+    draining: bool,
+}
 
 impl Collector for Collected {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let shards = &self.0;
+        let shards = &self.shards;
+        single(
+            &mut encoder,
+            Kind::Gauge,
+            "turnpike_draining",
+            "1 once the server has stopped taking new allocations (SIGTERM)",
+            u64::from(self.draining),
+        )?;
         let sum = |f: fn(&ShardReport) -> u64| shards.iter().map(f).sum::<u64>();
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
 
@@ -267,6 +301,17 @@ impl Collector for Collected {
             [
                 ("to_peer", sum(|s| s.stats.traffic.to_peer_packets)),
                 ("to_client", sum(|s| s.stats.traffic.to_client_packets)),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_bandwidth_dropped",
+            "Datagrams dropped because their allocation was over limits.bandwidth_kbps, by direction",
+            "direction",
+            [
+                ("to_peer", sum(|s| s.stats.over_bandwidth[0])),
+                ("to_client", sum(|s| s.stats.over_bandwidth[1])),
             ],
         )?;
         family(

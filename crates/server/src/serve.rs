@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,9 +18,9 @@ use turnpike_turn::{Lifetimes, RelayIp, Shared};
 
 use crate::config::{Config, Listen, ListenTransport, PortRange};
 use crate::http::{self, HttpState, Minter, Reports};
-use crate::relay::PortPool;
+use crate::relay::{PortPool, ReservedPort};
 use crate::shard::{self, ShardSetup};
-use crate::stream::StreamListener;
+use crate::stream::{OpenConnections, StreamListener};
 use crate::tcp_relay::Parked;
 use crate::tls::{self, CertStore, Source};
 use crate::{net, state};
@@ -59,7 +58,11 @@ pub struct Running {
     pub urls: Vec<String>,
     /// Whether `POST /api/v1/credentials` mints credentials.
     pub credentials_api: bool,
+    /// How long [`Running::drain`] lets allocations go on.
+    pub drain_timeout: Duration,
     certificates: Vec<Arc<CertStore>>,
+    shared: Arc<Shared<ReservedPort>>,
+    reports: Arc<Reports>,
     shutdown: watch::Sender<bool>,
     watcher_stop: mpsc::Sender<()>,
     threads_running: Vec<JoinHandle<()>>,
@@ -76,6 +79,20 @@ impl Running {
                 Err(e) => warn!(error = %e, "certificate not reloaded; the current one stays"),
             }
         }
+    }
+
+    /// Stops taking new allocations (SIGTERM): every shard answers a new
+    /// Allocate with 300 and the configured alternate, or 508, and
+    /// `/healthz` answers 503. Existing allocations go on.
+    pub fn drain(&self) {
+        self.shared.start_draining();
+        self.reports.set_draining();
+    }
+
+    /// Allocations alive, across shards.
+    #[must_use]
+    pub fn allocations(&self) -> usize {
+        self.shared.allocations()
     }
 
     /// Ends every allocation, logs each, and waits for the threads.
@@ -286,6 +303,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         limits: config.limits,
         policy,
         tcp_relay: config.relay_tcp,
+        alternates: config.drain.alternates.clone(),
     };
     let credentials = Credentials::new(
         &realm,
@@ -305,7 +323,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         Instant::now(),
     ));
     let pool = Arc::new(Mutex::new(PortPool::new(config.relay_ports)));
-    let open_connections = Arc::new(AtomicUsize::new(0));
+    let open_connections = Arc::new(OpenConnections::default());
     let parked = Parked::default();
 
     let (shutdown, watcher) = watch::channel(false);
@@ -359,7 +377,10 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         generated_secret,
         urls,
         credentials_api,
+        drain_timeout: config.drain.timeout,
         certificates,
+        shared,
+        reports,
         shutdown,
         watcher_stop,
         threads_running,

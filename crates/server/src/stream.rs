@@ -12,12 +12,13 @@
 //! byte; on plain TCP, by the first byte (0x16 starts a TLS handshake).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
-use turnpike_turn::stun::framing::{self, MAX_FRAME};
+use turnpike_turn::stun::framing::Deframer;
 use turnpike_turn::{ConnectionId, FiveTuple, Transport};
 
 use crate::config::StreamLimits;
@@ -48,8 +49,9 @@ pub(crate) struct StreamListener {
     pub(crate) http: bool,
     pub(crate) router: Option<axum::Router>,
     pub(crate) limits: StreamLimits,
-    /// Connections open on every shard, against `limits.connections`.
-    pub(crate) open: Arc<AtomicUsize>,
+    /// Connections open on every shard, against `limits.connections` and
+    /// `limits.connections_per_source`.
+    pub(crate) open: Arc<OpenConnections>,
 }
 
 /// Accepts connections on one listener socket of a shard.
@@ -68,9 +70,12 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = ConnectionSlot::take(&serves.open, serves.limits.connections) else {
-            debug!(%client, "connection refused: at the connection limit");
-            continue;
+        let slot = match OpenConnections::take(&serves.open, client.ip(), &serves.limits) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                debug!(%client, limit, "connection refused");
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let server = match socket.local_addr() {
@@ -88,22 +93,84 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Counts an open connection; released when dropped.
-struct ConnectionSlot(Arc<AtomicUsize>);
+/// TCP and TLS connections open on every shard together: in all, and per
+/// source. A source is an IPv4 address or an IPv6 /64 (one host usually
+/// holds a whole /64). Sources with nothing open are forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct OpenConnections {
+    total: AtomicUsize,
+    by_source: Mutex<HashMap<Source, usize>>,
+}
 
-impl ConnectionSlot {
-    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
-        if open.fetch_add(1, Ordering::Relaxed) >= limit {
-            open.fetch_sub(1, Ordering::Relaxed);
-            return None;
+impl OpenConnections {
+    /// Counts a new connection from `ip`, or names the limit it is over.
+    fn take(
+        open: &Arc<Self>,
+        ip: IpAddr,
+        limits: &StreamLimits,
+    ) -> Result<ConnectionSlot, &'static str> {
+        if open.total.fetch_add(1, Ordering::Relaxed) >= limits.connections {
+            open.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("limits.connections");
         }
-        Some(Self(Arc::clone(open)))
+        let source = source_key(ip);
+        let Ok(mut by_source) = open.by_source.lock() else {
+            open.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("limits.connections_per_source");
+        };
+        let held = by_source.entry(source).or_insert(0);
+        if *held >= limits.connections_per_source {
+            if *held == 0 {
+                by_source.remove(&source);
+            }
+            open.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("limits.connections_per_source");
+        }
+        *held += 1;
+        Ok(ConnectionSlot {
+            open: Arc::clone(open),
+            source,
+        })
     }
+
+    /// Sources with a connection open (for tests: it must fall back to 0).
+    #[cfg(test)]
+    fn sources(&self) -> usize {
+        self.by_source.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// What connections count under: an IPv4 address, or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+fn source_key(ip: IpAddr) -> Source {
+    match turnpike_turn::policy::canonical(ip) {
+        IpAddr::V4(v4) => Source::V4(u32::from(v4)),
+        IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
+    }
+}
+
+/// One open connection, counted until dropped.
+struct ConnectionSlot {
+    open: Arc<OpenConnections>,
+    source: Source,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.total.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut by_source) = self.open.by_source.lock()
+            && let Some(held) = by_source.get_mut(&self.source)
+        {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                by_source.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -345,35 +412,26 @@ async fn read_messages<R: AsyncRead + Unpin>(
     out: &Outbound,
     limits: StreamLimits,
 ) -> io::Result<Option<(ConnectionId, Vec<u8>)>> {
-    let mut buf = vec![0u8; MAX_FRAME];
-    let mut filled = 0;
+    let mut frames = Deframer::new();
     // Until its first message is in, a connection is half-open.
     let mut deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     loop {
         // Every complete message in the buffer, in order.
-        let mut start = 0;
-        while let Some(len) = framing::frame_len(buf.get(start..filled).unwrap_or_default())
+        let mut took = false;
+        while let Some(message) = frames
+            .next_message()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         {
-            let Some(message) = buf
-                .get(start..start + len)
-                .filter(|_| start + len <= filled)
-            else {
-                break;
-            };
+            took = true;
             let Some(s) = shard.upgrade() else {
                 return Ok(None);
             };
             let bound = s.borrow_mut().on_stream_message(tuple, message, out);
-            start += len;
             if let Some(connection) = bound {
-                let rest = buf.get(start..filled).unwrap_or_default().to_vec();
-                return Ok(Some((connection, rest)));
+                return Ok(Some((connection, frames.rest().to_vec())));
             }
         }
-        if start > 0 {
-            buf.copy_within(start..filled, 0);
-            filled -= start;
+        if took {
             // A connection without an allocation is idle after a while; one
             // with an allocation lives as long as the allocation does.
             let Some(s) = shard.upgrade() else {
@@ -387,14 +445,13 @@ async fn read_messages<R: AsyncRead + Unpin>(
             };
             deadline = tokio::time::Instant::now() + idle;
         }
-        let room = buf.get_mut(filled..).unwrap_or_default();
-        let n = tokio::time::timeout_at(deadline, rd.read(room))
+        let n = tokio::time::timeout_at(deadline, rd.read(frames.room()))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         if n == 0 {
             return Ok(None);
         }
-        filled += n;
+        frames.filled(n);
     }
 }
 
@@ -509,5 +566,55 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(connections: usize, per_source: usize) -> StreamLimits {
+        StreamLimits {
+            connections,
+            connections_per_source: per_source,
+            ..StreamLimits::default()
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_in_all_and_per_source_and_forgotten_when_closed() {
+        let open = Arc::new(OpenConnections::default());
+        let l = limits(5, 2);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let a_mapped: IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        let b6: IpAddr = "2001:db8::1".parse().unwrap();
+        let b6_same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let c6: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let a1 = OpenConnections::take(&open, a, &l).unwrap();
+        let a2 = OpenConnections::take(&open, a_mapped, &l).unwrap();
+        assert_eq!(
+            OpenConnections::take(&open, a, &l).err(),
+            Some("limits.connections_per_source"),
+            "a mapped address is the same source"
+        );
+        let b1 = OpenConnections::take(&open, b6, &l).unwrap();
+        let b2 = OpenConnections::take(&open, b6_same_64, &l).unwrap();
+        assert!(
+            OpenConnections::take(&open, b6, &l).is_err(),
+            "one /64, one source"
+        );
+        let c1 = OpenConnections::take(&open, c6, &l).unwrap();
+        assert_eq!(
+            OpenConnections::take(&open, "192.0.2.9".parse().unwrap(), &l).err(),
+            Some("limits.connections")
+        );
+        assert_eq!(open.sources(), 3);
+        drop(a1);
+        let a3 = OpenConnections::take(&open, a, &l).unwrap();
+        for slot in [a2, a3, b1, b2, c1] {
+            drop(slot);
+        }
+        assert_eq!(open.sources(), 0, "nothing kept for sources that left");
+        assert_eq!(open.total.load(Ordering::Relaxed), 0);
     }
 }

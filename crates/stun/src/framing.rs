@@ -41,9 +41,144 @@ pub fn frame_len(head: &[u8]) -> Result<Option<usize>, NotTurn> {
     }
 }
 
+/// Splits a byte stream into whole messages, in a buffer of
+/// [`MAX_FRAME`] bytes: bytes go in through [`Deframer::room`] and
+/// [`Deframer::filled`], whole messages come out of [`Deframer::next_message`].
+///
+/// The buffer never grows: any one message fits it, so whatever a peer
+/// declares, a connection holds at most `MAX_FRAME` bytes.
+#[derive(Debug)]
+pub struct Deframer {
+    buf: Box<[u8]>,
+    /// Where the first byte not yet handed out is.
+    start: usize,
+    /// How many bytes of `buf` hold data.
+    filled: usize,
+}
+
+impl Default for Deframer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Deframer {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0; MAX_FRAME].into_boxed_slice(),
+            start: 0,
+            filled: 0,
+        }
+    }
+
+    /// The next whole message, or `None` until more bytes come; an error
+    /// when the stream is not TURN (the connection cannot recover).
+    pub fn next_message(&mut self) -> Result<Option<&[u8]>, NotTurn> {
+        let pending = self.buf.get(self.start..self.filled).unwrap_or_default();
+        let Some(len) = frame_len(pending)? else {
+            return Ok(None);
+        };
+        let Some(message) = pending.get(..len) else {
+            return Ok(None);
+        };
+        self.start += len;
+        Ok(Some(message))
+    }
+
+    /// Space to read the next bytes into, after moving what is pending to
+    /// the front. Never empty while [`Deframer::next_message`] has nothing to give:
+    /// a message is at most `MAX_FRAME` bytes.
+    pub fn room(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        self.buf.get_mut(self.filled..).unwrap_or_default()
+    }
+
+    /// Records that `n` bytes were read into [`Deframer::room`].
+    pub fn filled(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.buf.len());
+    }
+
+    /// The bytes past the messages handed out.
+    #[must_use]
+    pub fn rest(&self) -> &[u8] {
+        self.buf.get(self.start..self.filled).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `stream` to a deframer `chunk` bytes at a time; returns the
+    /// messages, and the error if the stream turned out not to be TURN.
+    fn deframe(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<NotTurn>) {
+        let mut d = Deframer::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            loop {
+                match d.next_message() {
+                    Ok(Some(m)) => out.push(m.to_vec()),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            if at == stream.len() {
+                return (out, None);
+            }
+            let room = d.room();
+            assert!(!room.is_empty());
+            let n = chunk.min(room.len()).min(stream.len() - at);
+            room[..n].copy_from_slice(&stream[at..at + n]);
+            d.filled(n);
+            at += n;
+        }
+    }
+
+    #[test]
+    fn deframes_across_any_chunking() {
+        let mut stream = Vec::new();
+        // A Binding request with no attributes, ChannelData of 5 bytes
+        // (padded to 8 on a stream), and the largest ChannelData.
+        stream.extend_from_slice(&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42]);
+        stream.extend_from_slice(&[7; 12]);
+        stream.extend_from_slice(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]);
+        stream.extend_from_slice(&[0x40, 0x01, 0xFF, 0xFF]);
+        stream.extend(std::iter::repeat_n(9, 0x10000));
+        for chunk in [1, 3, 4, 7, 1000, MAX_FRAME] {
+            let (messages, err) = deframe(&stream, chunk);
+            assert_eq!(err, None);
+            let lens: Vec<usize> = messages.iter().map(Vec::len).collect();
+            assert_eq!(lens, [20, 12, 4 + 0x10000], "chunks of {chunk}");
+            assert_eq!(messages.concat(), stream);
+        }
+    }
+
+    #[test]
+    fn a_stream_that_is_not_turn_fails_after_its_good_messages() {
+        let mut stream = vec![0x40, 0x00, 0x00, 0x01, 0xAA, 0, 0, 0];
+        stream.extend_from_slice(&[0x16, 0x03, 0x01, 0x00]);
+        let (messages, err) = deframe(&stream, 5);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(err, Some(NotTurn));
+    }
+
+    #[test]
+    fn rest_is_what_follows_the_messages_taken() {
+        let mut d = Deframer::new();
+        let bytes = [
+            0x40, 0x00, 0x00, 0x01, 0xAA, 0, 0, 0, b'p', b'e', b'e', b'r',
+        ];
+        d.room()[..bytes.len()].copy_from_slice(&bytes);
+        d.filled(bytes.len());
+        assert_eq!(d.next_message().unwrap().unwrap().len(), 8);
+        assert_eq!(d.rest(), b"peer");
+    }
 
     #[test]
     fn frames_stun_and_padded_channel_data() {

@@ -121,6 +121,7 @@ fn config() -> Config {
         },
         policy,
         tcp_relay: false,
+        alternates: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One allocation: its relayed address, permissions and channels
 //! (RFC 8656 §2.2, §9, §12).
 
+use crate::bandwidth::{Budget, Rate};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -58,6 +59,10 @@ pub(crate) struct Allocation<S> {
     /// The earliest time a permission or channel needs cleaning up.
     next_gc: Option<Instant>,
     pub traffic: TrafficStats,
+    /// What the allocation may still relay now, to its peers and to its
+    /// client.
+    pub to_peer_budget: Budget,
+    pub to_client_budget: Budget,
 }
 
 impl<S> Allocation<S> {
@@ -71,6 +76,7 @@ impl<S> Allocation<S> {
         reservation_token: Option<[u8; 8]>,
         now: Instant,
         lifetime: Duration,
+        bandwidth: Rate,
     ) -> Self {
         Self {
             tuple,
@@ -87,6 +93,8 @@ impl<S> Allocation<S> {
             channel_of_peer: Map::default(),
             next_gc: None,
             traffic: TrafficStats::default(),
+            to_peer_budget: Budget::new(bandwidth, now),
+            to_client_budget: Budget::new(bandwidth, now),
         }
     }
 

@@ -1,6 +1,6 @@
 //! What the state machine is told at start: lifetimes, limits, policy.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::policy::PeerPolicy;
@@ -55,6 +55,10 @@ pub struct Limits {
     pub unauthenticated_per_second: u32,
     /// How many such answers a source may get in a burst.
     pub unauthenticated_burst: u32,
+    /// Payload bytes per second an allocation may relay in each
+    /// direction, in bursts of up to one second's worth; beyond it,
+    /// datagrams are dropped and counted. 0 turns the limit off.
+    pub bandwidth_bytes_per_second: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +70,8 @@ impl Default for Limits {
             channels_per_allocation: 128,
             unauthenticated_per_second: 50,
             unauthenticated_burst: 100,
+            // 25 Mbit/s each way: several HD video streams.
+            bandwidth_bytes_per_second: 25_000_000 / 8,
         }
     }
 }
@@ -95,4 +101,8 @@ pub struct Config {
     /// RFC 6062: TCP allocations, Connect and ConnectionBind. Off unless
     /// asked for.
     pub tcp_relay: bool,
+    /// While draining, a new allocation is sent to one of these (300 Try
+    /// Alternate with ALTERNATE-SERVER, RFC 8489 §10): the first of the
+    /// client's address family. Without one it is refused with 508.
+    pub alternates: Vec<SocketAddr>,
 }

@@ -13,6 +13,7 @@
 
 mod allocation;
 pub mod auth;
+mod bandwidth;
 pub mod cidr;
 mod config;
 mod connections;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -29,6 +29,7 @@ pub struct Shared<T = ()> {
     reservations: Mutex<HashMap<[u8; 8], Reservation<T>>>,
     tokens_issued: AtomicU64,
     pub(crate) connections: Connections,
+    draining: AtomicBool,
 }
 
 impl<T> std::fmt::Debug for Shared<T> {
@@ -66,6 +67,7 @@ impl<T> Shared<T> {
             reservations: Mutex::new(HashMap::new()),
             tokens_issued: AtomicU64::new(0),
             connections: Connections::default(),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -89,6 +91,19 @@ impl<T> Shared<T> {
     #[must_use]
     pub fn tcp_connections(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Stops taking new allocations, on every shard: an Allocate that
+    /// would create one gets 300 (Try Alternate) or 508. Allocations that
+    /// exist go on as before. There is no way back: a draining server
+    /// stops.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Allocations alive on all shards.

@@ -426,6 +426,74 @@ fn quotas_per_user_and_in_total() {
 }
 
 #[test]
+fn draining_refuses_new_allocations_with_300_or_508_and_keeps_existing_ones() {
+    let mut cfg = config(Limits::default(), &[]);
+    let alternate: SocketAddr = "192.0.2.99:3478".parse().unwrap();
+    cfg.alternates = vec![alternate];
+    let mut h = Harness::with_config(cfg);
+    let mut held = allocated(&mut h, "198.51.100.7:5000");
+    // An Allocate whose bytes are kept, to retransmit once draining.
+    let mut again = Client::new("198.51.100.7:5001", "alice", "wonderland");
+    let challenge = h.send(
+        again.tuple,
+        &again.unsigned(Method::ALLOCATE, &[Attr::RequestedTransport(17)]),
+    );
+    let Some(Ok(Attr::Nonce(nonce))) = challenge.reply().get(AttrType::NONCE) else {
+        panic!("no nonce in the challenge");
+    };
+    again.nonce = Some(nonce.to_owned());
+    let tid = again.tid();
+    let original = again.signed_with(Method::ALLOCATE, tid, &[Attr::RequestedTransport(17)]);
+    assert!(is_success(&h.send(again.tuple, &original)));
+    h.server.shared().start_draining();
+    assert!(h.server.shared().is_draining());
+
+    // RFC 8489 §10: a newcomer is redirected, in an authenticated answer.
+    let mut newcomer = Client::new("198.51.100.8:6000", "alice", "wonderland");
+    let sent = newcomer.allocate(&mut h);
+    assert_eq!(code(&sent), Some(300));
+    let reply = sent.reply();
+    assert_eq!(
+        reply.get(AttrType::ALTERNATE_SERVER),
+        Some(Ok(Attr::AlternateServer(alternate)))
+    );
+    assert!(reply.verify_integrity(newcomer.key().as_bytes()).is_ok());
+    // No alternate of an IPv6 client's family: 508.
+    let mut v6 = Client::new("[2001:db8::8]:6000", "alice", "wonderland");
+    assert_eq!(code(&v6.allocate(&mut h)), Some(508));
+    // Unauthenticated, the answer is the usual 401: nothing is said before
+    // the client proves who it is.
+    let mut stranger = Client::new("198.51.100.9:7000", "alice", "wrong");
+    assert_eq!(code(&stranger.allocate(&mut h)), Some(401));
+    assert_eq!(h.server.shared().allocations(), 2);
+
+    // Existing allocations go on: refresh, permissions, and a
+    // retransmitted Allocate still gets its success.
+    assert!(is_success(&held.call(
+        &mut h,
+        Method::REFRESH,
+        &[Attr::Lifetime(600)]
+    )));
+    assert!(is_success(&held.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    assert!(
+        is_success(&h.send(again.tuple, &original)),
+        "RFC 8656 §7.2: a retransmission"
+    );
+    // Deleting one frees its slot, and draining still refuses the next.
+    assert!(is_success(&held.call(
+        &mut h,
+        Method::REFRESH,
+        &[Attr::Lifetime(0)]
+    )));
+    assert_eq!(h.server.shared().allocations(), 1);
+    assert_eq!(code(&held.allocate(&mut h)), Some(300));
+}
+
+#[test]
 fn create_permission_is_all_or_nothing_and_policy_applies() {
     let mut h = Harness::new();
     let mut c = allocated(&mut h, "198.51.100.7:5000");
@@ -621,6 +689,58 @@ fn send_indication_needs_a_permission() {
     // From another 5-tuple, nothing is relayed.
     let stranger = udp("198.51.100.9:5000");
     assert!(matches!(h.send(stranger, &bytes), Sent::Nothing));
+}
+
+#[test]
+fn bandwidth_per_allocation_drops_and_counts_the_excess_each_way() {
+    let limits = Limits {
+        bandwidth_bytes_per_second: 10_000,
+        ..Limits::default()
+    };
+    let mut h = Harness::with(limits, &[]);
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attr::ChannelNumber(0x4000),
+            Attr::XorPeerAddress(peer(PEER))
+        ]
+    )));
+    let mut cd = vec![0x40, 0x00, 0x03, 0xE8];
+    cd.extend([7u8; 1000]);
+    // One second's worth passes at once, then nothing.
+    let passed = (0..15)
+        .filter(|_| matches!(h.send(c.tuple, &cd), Sent::ToPeer { .. }))
+        .count();
+    assert_eq!(passed, 10);
+    assert_eq!(h.server.stats().over_bandwidth, [5, 0]);
+    // The other direction has its own budget.
+    let delivered = (0..12)
+        .filter(|_| h.peer_datagram(id, peer(PEER), &[1u8; 1000]).is_some())
+        .count();
+    assert_eq!(delivered, 10);
+    assert_eq!(h.server.stats().over_bandwidth, [5, 2]);
+    // A Send indication draws on the same budget as ChannelData.
+    let send = build(
+        MessageType::new(Method::SEND, Class::Indication),
+        c.tid(),
+        &[Attr::XorPeerAddress(peer(PEER)), Attr::Data(&[0u8; 100])],
+        None,
+        false,
+    );
+    assert!(matches!(h.send(c.tuple, &send), Sent::Nothing));
+    assert_eq!(h.server.stats().over_bandwidth, [6, 2]);
+    // 300 ms later, 3,000 bytes more.
+    h.advance(std::time::Duration::from_millis(300));
+    let passed = (0..5)
+        .filter(|_| matches!(h.send(c.tuple, &cd), Sent::ToPeer { .. }))
+        .count();
+    assert_eq!(passed, 3);
+    // Only relayed packets count as relayed.
+    assert_eq!(h.server.stats().traffic.to_peer_packets, 13);
+    assert_eq!(h.server.stats().traffic.to_client_packets, 10);
 }
 
 #[test]

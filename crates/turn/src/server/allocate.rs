@@ -129,6 +129,7 @@ impl<R: Relays> Server<R> {
             reservation_token,
             now,
             lifetime,
+            self.bandwidth(),
         );
         alloc.tcp = wanted.tcp;
         let relayed = alloc.relayed();

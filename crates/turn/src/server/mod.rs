@@ -28,6 +28,7 @@ use turnpike_stun::{
 
 use crate::allocation::Allocation;
 use crate::auth::Verified;
+use crate::bandwidth::Rate;
 use crate::connections::ConnectionId;
 use crate::ratelimit::RateLimiter;
 use crate::shared::Shared;
@@ -217,6 +218,9 @@ pub struct Stats {
     pub errors: Counts,
     /// Relayed traffic of this shard.
     pub traffic: TrafficStats,
+    /// Datagrams dropped because their allocation was over its bandwidth:
+    /// toward peers, toward clients.
+    pub over_bandwidth: [u64; 2],
 }
 
 /// Counts by a label from a small fixed set.
@@ -361,6 +365,19 @@ impl<R: Relays> Server<R> {
         self.by_tuple.contains_key(tuple)
     }
 
+    /// The bandwidth each allocation may use each way.
+    #[inline]
+    fn bandwidth(&self) -> Rate {
+        Rate(self.shared.config.limits.bandwidth_bytes_per_second)
+    }
+
+    /// Whether `tuple` holds an allocation that has not expired.
+    fn has_live(&self, tuple: &FiveTuple, now: Instant) -> bool {
+        self.by_tuple
+            .get(tuple)
+            .is_some_and(|&id| live(&self.slots, id, now).is_some())
+    }
+
     /// Allocations on this shard by client transport: UDP, TCP, TLS.
     #[must_use]
     pub fn allocations_by_transport(&self) -> [usize; 3] {
@@ -478,9 +495,14 @@ impl<R: Relays> Server<R> {
         len: usize,
     ) -> Option<PeerOutput> {
         let peer = self.as_advertised(from);
+        let bandwidth = self.bandwidth();
         let alloc = live_mut(&mut self.slots, id, now)?;
         if !alloc.permits(peer.ip(), now) {
             self.stats.peer_dropped += 1;
+            return None;
+        }
+        if !alloc.to_client_budget.take(bandwidth, len, now) {
+            self.stats.over_bandwidth[1] += 1;
             return None;
         }
         let payload_end = PEER_HEADROOM.checked_add(len)?;
@@ -570,6 +592,9 @@ impl<R: Relays> Server<R> {
                 Ok((connection, reply)) => return Output::Bind { connection, reply },
                 Err(code) => Err(code),
             },
+            Method::ALLOCATE if self.shared.is_draining() && !self.has_live(tuple, now) => {
+                return reply(self.refuse_while_draining(tuple, msg, out, &auth));
+            }
             Method::ALLOCATE => self.allocate(now, tuple, msg, &auth, out),
             Method::REFRESH => self.refresh(now, tuple, msg, &auth, out),
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth, out),
@@ -578,6 +603,38 @@ impl<R: Relays> Server<R> {
         match result {
             Ok(len) => Output::Reply(len),
             Err(code) => reply(self.error(msg, out, code, Some(&auth), |_| Ok(()))),
+        }
+    }
+
+    /// An Allocate that would make a new allocation while the server
+    /// drains: 300 with ALTERNATE-SERVER when an alternate of the client's
+    /// family is configured (RFC 8489 §10, RFC 8656 §7.2), else 508.
+    fn refuse_while_draining(
+        &mut self,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+        auth: &Verified,
+    ) -> Answer {
+        let family = Family::of(&tuple.client);
+        let alternate = self
+            .shared
+            .config
+            .alternates
+            .iter()
+            .copied()
+            .find(|a| Family::of(a) == family);
+        match alternate {
+            Some(a) => self.error(msg, out, ErrorCode::TRY_ALTERNATE, Some(auth), |w| {
+                w.add(&Attr::AlternateServer(a))
+            }),
+            None => self.error(
+                msg,
+                out,
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                Some(auth),
+                |_| Ok(()),
+            ),
         }
     }
 
@@ -773,6 +830,7 @@ fn data_indication_prefix(peer: &SocketAddr) -> usize {
 
 pub(super) fn error_label(code: ErrorCode) -> &'static str {
     match code.0 {
+        300 => "300",
         400 => "400",
         401 => "401",
         403 => "403",

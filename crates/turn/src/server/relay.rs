@@ -29,6 +29,7 @@ impl<R: Relays> Server<R> {
             self.stats.client_dropped += 1;
             return Output::None;
         };
+        let bandwidth = self.bandwidth();
         let Some(alloc) = live_mut(&mut self.slots, id, now) else {
             self.stats.client_dropped += 1;
             return Output::None;
@@ -37,6 +38,10 @@ impl<R: Relays> Server<R> {
             self.stats.client_dropped += 1;
             return Output::None;
         };
+        if !alloc.to_peer_budget.take(bandwidth, cd.payload.len(), now) {
+            self.stats.over_bandwidth[0] += 1;
+            return Output::None;
+        }
         let bytes = u64::try_from(cd.payload.len()).unwrap_or(u64::MAX);
         alloc.traffic.to_peer_packets += 1;
         alloc.traffic.to_peer_bytes += bytes;
@@ -76,6 +81,7 @@ impl<R: Relays> Server<R> {
             return self.drop_client();
         };
         let dest = self.as_bound(peer);
+        let bandwidth = self.bandwidth();
         let policy = &self.shared.config.policy;
         let relays = &self.relays;
         let Some(alloc) = live_mut(&mut self.slots, id, now) else {
@@ -97,6 +103,10 @@ impl<R: Relays> Server<R> {
         }
         if let Err(denied) = policy.check_port(peer, Some(relayed), |_| relays.is_relayed(dest)) {
             self.stats.peer_denied.add(denied.as_str());
+            return Output::None;
+        }
+        if !alloc.to_peer_budget.take(bandwidth, data.len(), now) {
+            self.stats.over_bandwidth[0] += 1;
             return Output::None;
         }
         let bytes = u64::try_from(data.len()).unwrap_or(u64::MAX);

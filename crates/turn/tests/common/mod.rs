@@ -163,6 +163,7 @@ pub fn config(limits: Limits, allow: &[&str]) -> Config {
         limits,
         policy,
         tcp_relay: true,
+        alternates: Vec::new(),
     }
 }
 
