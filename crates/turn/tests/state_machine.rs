@@ -1561,3 +1561,198 @@ fn stream_channel_data_is_padded() {
         ]
     );
 }
+
+/// SECURITY.md §A on an IPv6 allocation: every IPv6 spelling of a denied
+/// range, first and last address, and IPv4 hidden inside IPv6 (mapped,
+/// compatible, NAT64, 6to4, Teredo), is refused with 403 by
+/// CreatePermission, ChannelBind and Connect alike; a public IPv6 peer is
+/// not.
+#[test]
+fn an_ipv6_allocation_refuses_every_denied_spelling() {
+    const DENIED: &[&str] = &[
+        "[::1]:5000",
+        "[::]:5000",
+        "[::ffff:127.0.0.1]:5000",
+        "[::ffff:10.0.0.1]:5000",
+        "[::ffff:169.254.169.254]:80",
+        "[::127.0.0.1]:5000",
+        "[::a9fe:a9fe]:80",
+        "[64:ff9b::7f00:1]:5000",
+        "[64:ff9b::a9fe:a9fe]:80",
+        "[64:ff9b:1::]:5000",
+        "[64:ff9b:1:ffff:ffff:ffff:ffff:ffff]:5000",
+        "[2002::]:5000",
+        "[2002:7f00:1::]:5000",
+        "[2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+        "[2001::]:5000",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]:5000",
+        "[2001:0:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+        "[2001:db8::]:5000",
+        "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+        "[100::]:5000",
+        "[100::ffff:ffff:ffff:ffff]:5000",
+        "[fc00::]:5000",
+        "[fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+        "[fe80::]:5000",
+        "[febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+        "[ff00::]:5000",
+        "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:5000",
+    ];
+    let mut h = Harness::new();
+    h.server.relays_mut().ipv6 = true;
+    let mut c = Client::new("[2001:db8:aa::7]:5000", "alice", "wonderland");
+    c.tuple.transport = Transport::Tcp;
+    let sent = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::RequestedAddressFamily(Family::V6),
+        ],
+    );
+    assert!(is_success(&sent), "{:?}", sent.error_code());
+    for (channel, p) in (0x4000..).zip(DENIED) {
+        let p = peer(p);
+        assert_eq!(
+            code(&c.call(
+                &mut h,
+                Method::CREATE_PERMISSION,
+                &[Attr::XorPeerAddress(p)]
+            )),
+            Some(403),
+            "CreatePermission {p}"
+        );
+        assert_eq!(
+            code(&c.call(
+                &mut h,
+                Method::CHANNEL_BIND,
+                &[Attr::ChannelNumber(channel), Attr::XorPeerAddress(p)]
+            )),
+            Some(403),
+            "ChannelBind {p}"
+        );
+        // A Send to it goes nowhere.
+        let send = build(
+            MessageType::new(Method::SEND, Class::Indication),
+            c.tid(),
+            &[Attr::XorPeerAddress(p), Attr::Data(b"x")],
+            None,
+            false,
+        );
+        assert!(matches!(h.send(c.tuple, &send), Sent::Nothing), "Send {p}");
+    }
+    let public = peer("[2606:2800:220:1::1]:443");
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(public)]
+    )));
+
+    // RFC 6062 Connect, on a TCP allocation of the IPv6 family.
+    let mut t = Client::new("[2001:db8:aa::8]:5000", "alice", "wonderland");
+    t.tuple.transport = Transport::Tcp;
+    let sent = t.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(6),
+            Attr::RequestedAddressFamily(Family::V6),
+        ],
+    );
+    assert!(is_success(&sent), "{:?}", sent.error_code());
+    for p in DENIED {
+        let p = peer(p);
+        let sent = t.call(&mut h, Method::CONNECT, &[Attr::XorPeerAddress(p)]);
+        assert!(
+            matches!(sent, Sent::Reply(_)) && code(&sent) == Some(403),
+            "Connect {p}: {sent:?}"
+        );
+    }
+}
+
+/// SECURITY.md §B, RFC 8489 §14.5: what follows MESSAGE-INTEGRITY is not
+/// part of the request. A LIFETIME 0 or an XOR-PEER-ADDRESS appended after
+/// a valid integrity changes nothing.
+#[test]
+fn attributes_after_message_integrity_change_nothing() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let append = |mut bytes: Vec<u8>, attr: &[u8]| {
+        bytes.extend_from_slice(attr);
+        let len = u16::try_from(bytes.len() - 20).unwrap();
+        bytes[2..4].copy_from_slice(&len.to_be_bytes());
+        bytes
+    };
+    // A Refresh for 600 s with LIFETIME 0 after its integrity.
+    let refresh = c.signed(Method::REFRESH, &[Attr::Lifetime(600)]);
+    let refresh = append(refresh, &[0x00, 0x0D, 0x00, 0x04, 0, 0, 0, 0]);
+    let sent = h.send(c.tuple, &refresh);
+    assert!(is_success(&sent), "{:?}", sent.error_code());
+    assert_eq!(lifetime(&sent), 600);
+    assert_eq!(
+        h.server.allocation_count(),
+        1,
+        "the appended LIFETIME 0 deleted it"
+    );
+    // A CreatePermission for one peer with another appended: only the
+    // first is installed.
+    let installed = peer(PEER);
+    let appended = peer(PEER2);
+    let create = c.signed(
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(installed)],
+    );
+    let mut xor = vec![0x00, 0x12, 0x00, 0x08, 0x00, 0x01];
+    let port = appended.port() ^ 0x2112;
+    xor.extend_from_slice(&port.to_be_bytes());
+    let std::net::IpAddr::V4(ip) = appended.ip() else {
+        unreachable!()
+    };
+    xor.extend_from_slice(&(u32::from(ip) ^ 0x2112_A442).to_be_bytes());
+    let create = append(create, &xor);
+    assert!(is_success(&h.send(c.tuple, &create)));
+    let id = h.last_allocation();
+    assert!(h.peer_datagram(id, installed, b"in").is_some());
+    assert!(
+        h.peer_datagram(id, appended, b"in").is_none(),
+        "the appended peer got a permission"
+    );
+}
+
+/// SECURITY.md §C: on a 5-tuple that holds an allocation (a spoofed UDP
+/// source can send from it), unsigned requests get 401 and change
+/// nothing.
+#[test]
+fn unsigned_requests_on_an_allocated_five_tuple_get_401_and_change_nothing() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    for (method, attrs) in [
+        (Method::REFRESH, vec![Attr::Lifetime(0)]),
+        (
+            Method::CREATE_PERMISSION,
+            vec![Attr::XorPeerAddress(peer(PEER))],
+        ),
+        (
+            Method::CHANNEL_BIND,
+            vec![
+                Attr::ChannelNumber(0x4000),
+                Attr::XorPeerAddress(peer(PEER)),
+            ],
+        ),
+        (Method::ALLOCATE, vec![Attr::RequestedTransport(17)]),
+    ] {
+        let bytes = c.unsigned(method, &attrs);
+        assert_eq!(code(&h.send(c.tuple, &bytes)), Some(401), "{method:?}");
+    }
+    assert_eq!(h.server.allocation_count(), 1);
+    assert!(
+        h.peer_datagram(id, peer(PEER), b"x").is_none(),
+        "a permission was installed"
+    );
+    // The channel was not bound: ChannelData on it goes nowhere.
+    assert!(matches!(
+        h.send(c.tuple, &[0x40, 0x00, 0x00, 0x01, b'x', 0, 0, 0]),
+        Sent::Nothing
+    ));
+}
