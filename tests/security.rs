@@ -80,10 +80,49 @@ const DENIED_V6: &[&str] = &[
 
 #[test]
 fn default_policy_refuses_every_special_range_and_allows_public_peers() {
-    let server = ServerProcess::start_every_transport(&loopback_args());
+    let mut args = loopback_args();
+    args.extend(["--relay-address", "::1"]);
+    let server = ServerProcess::start_every_transport(&args);
     for via in EVERY_TRANSPORT {
         default_policy(&server, via);
+        default_policy_v6(&server, via);
     }
+}
+
+/// The same on an IPv6 allocation, where IPv6 peers reach the policy.
+fn default_policy_v6(server: &ServerProcess, via: Via) {
+    let mut client = server.client(via, "alice", "wonderland");
+    let r = client.request(
+        Method::ALLOCATE,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::RequestedAddressFamily(turnpike_stun::Family::V6),
+        ],
+    );
+    match r.msg().get(AttrType::XOR_RELAYED_ADDRESS) {
+        Some(Ok(Attr::XorRelayedAddress(a))) => assert!(a.is_ipv6(), "{a} {via:?}"),
+        other => panic!("no IPv6 allocation over {via:?}: {other:?} {:?}", r.code()),
+    }
+    for peer in DENIED_V6 {
+        assert_eq!(
+            client.create_permission(&[sa(peer)]),
+            Err(403),
+            "CreatePermission {peer} {via:?}"
+        );
+        assert_eq!(
+            client.channel_bind(0x4000, sa(peer)),
+            Err(403),
+            "ChannelBind {peer} {via:?}"
+        );
+    }
+    // IPv4 peers on it are a family mismatch.
+    assert_eq!(client.create_permission(&[sa("8.8.8.8:53")]), Err(443));
+    client
+        .create_permission(&[sa("[2606:4700:4700::1111]:53")])
+        .unwrap();
+    client
+        .channel_bind(0x4000, sa("[2001:4860:4860::8888]:53"))
+        .unwrap();
 }
 
 fn default_policy(server: &ServerProcess, via: Via) {
@@ -102,8 +141,8 @@ fn default_policy(server: &ServerProcess, via: Via) {
         );
     }
     // The allocation is IPv4: IPv6 peers are a family mismatch (443)
-    // whatever they hide; the policy itself is tested per spelling in the
-    // turn crate.
+    // whatever they hide (`default_policy_v6` has them on an IPv6
+    // allocation).
     for peer in DENIED_V6 {
         assert_eq!(
             client.create_permission(&[sa(peer)]),
