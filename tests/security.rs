@@ -457,6 +457,65 @@ fn garbage_on_a_stream_closes_only_that_connection() {
     }
 }
 
+/// The malformed corpus over TCP and TLS, one connection per message:
+/// whatever a whole frame holds, the server either answers the Binding
+/// that follows it (the stream kept its framing) or closes the connection;
+/// a frame it cannot even delimit closes it. Never a hang, never a crash,
+/// and other clients keep relaying.
+#[test]
+fn malformed_messages_on_a_stream_neither_desync_nor_crash() {
+    // Hundreds of unauthenticated Bindings from one address: the limit on
+    // answers to strangers would withhold some.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("turnpike.toml");
+    std::fs::write(&config, "[limits]\nunauthenticated_per_second = 0\n").unwrap();
+    let mut args = loopback_args();
+    args.extend([
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let mut server = ServerProcess::start_every_transport(&args);
+    let peer = echo_peer(100);
+    let junk = malformed();
+    let mut checked = 0;
+    for via in [Via::Tcp, Via::Tls { alpn: false }] {
+        let mut good = server.client(via, "alice", "wonderland");
+        good.allocate();
+        good.channel_bind(0x4000, peer).unwrap();
+        for m in &junk {
+            let framed = turnpike_stun::framing::frame_len(m);
+            let whole = matches!(framed, Ok(Some(len)) if len == m.len());
+            let undelimitable = framed.is_err();
+            if !whole && !undelimitable {
+                // Shorter than its header says (the Binding would be read
+                // as the rest of it), or several frames: skipped here.
+                continue;
+            }
+            checked += 1;
+            let mut c = server.client(via, "", "");
+            c.send_raw(m);
+            let (tid, binding) = c.build(Method::BINDING, &[]);
+            let answered = c.exchange(tid, &binding).is_some();
+            if undelimitable {
+                assert!(!answered, "{via:?}: answered after {m:02x?}");
+            }
+            if !answered {
+                assert!(
+                    c.closed_within(Duration::from_secs(2)),
+                    "{via:?}: neither answered nor closed after {m:02x?}"
+                );
+            }
+        }
+        assert!(server.is_running(), "{via:?}");
+        good.send_channel(0x4000, b"still relaying");
+        let got = good.recv(Duration::from_secs(5)).expect("echo");
+        assert_eq!(got.get(4..), Some(b"still relaying".as_slice()), "{via:?}");
+    }
+    assert!(checked >= 200, "only {checked} messages were whole frames");
+}
+
 #[test]
 fn authentication_is_always_on() {
     let server = ServerProcess::start_every_transport(&loopback_args());
