@@ -1756,3 +1756,89 @@ fn unsigned_requests_on_an_allocated_five_tuple_get_401_and_change_nothing() {
         Sent::Nothing
     ));
 }
+
+/// SECURITY.md §A for inbound TCP peers (RFC 6062): a permission is per
+/// IP, so a permission for another allocation's relayed address must not
+/// let in a connection from another port of that IP (an unused relay
+/// port, or a listener); the policy refuses it.
+#[test]
+fn tcp_relay_inbound_peer_is_checked_by_the_policy_as_well_as_the_permission() {
+    let mut h = Harness::new();
+    let mut other = Client::new("198.51.100.8:6000", "bob", "builder");
+    let relayed_b = relayed(&other.allocate(&mut h));
+    let mut c = tcp_allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(relayed_b)]
+    )));
+    let mut out = vec![0u8; 1500];
+    let denied_before: u64 = h.server.stats().peer_denied.iter().map(|(_, n)| n).sum();
+    for from in [
+        SocketAddr::new(relayed_b.ip(), relayed_b.port() + 1000),
+        SocketAddr::new(relayed_b.ip(), 3478),
+    ] {
+        assert!(
+            h.server.peer_connected(h.now, id, from, &mut out).is_none(),
+            "a connection from {from} was let in"
+        );
+    }
+    let denied: u64 = h.server.stats().peer_denied.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        denied,
+        denied_before + 2,
+        "{:?}",
+        h.server.stats().peer_denied
+    );
+    // From the relayed address itself, it is let in.
+    assert!(
+        h.server
+            .peer_connected(h.now, id, relayed_b, &mut out)
+            .is_some()
+    );
+}
+
+/// SECURITY.md §A, "the server's own IP addresses, other ports": an own
+/// address outside every built-in range is still refused on any port but
+/// a live relay's, unless an explicit `allow` range covers it.
+#[test]
+fn the_servers_own_public_address_is_refused_unless_allowed() {
+    let own: std::net::IpAddr = "93.184.216.10".parse().unwrap();
+    let build_config = |allow: &[&str]| {
+        let mut cfg = config(Limits::default(), allow);
+        let own_ips = vec![
+            own,
+            "10.0.0.1".parse().unwrap(),
+            "192.0.2.200".parse().unwrap(),
+        ];
+        cfg.policy = turnpike_turn::policy::PeerPolicy::new(turnpike_turn::policy::PolicyConfig {
+            allow: allow.iter().map(|s| s.parse().unwrap()).collect(),
+            deny: Vec::new(),
+            own_ips,
+            listeners: vec!["0.0.0.0:3478".parse().unwrap()],
+            relay_ips: vec!["10.0.0.1".parse().unwrap(), "203.0.113.10".parse().unwrap()],
+        });
+        cfg
+    };
+    for (allow, expected) in [(&[][..], Some(403)), (&["93.184.216.10/32"][..], None)] {
+        let mut h = Harness::with_config(build_config(allow));
+        let mut c = allocated(&mut h, "198.51.100.7:5000");
+        for port in [22, 443, 5432] {
+            let sent = c.call(
+                &mut h,
+                Method::CREATE_PERMISSION,
+                &[Attr::XorPeerAddress(SocketAddr::new(own, port))],
+            );
+            assert_eq!(code(&sent), expected, "port {port}, allow {allow:?}");
+        }
+    }
+    // A neighbour on the same /24 that is not the server's: allowed.
+    let mut h = Harness::with_config(build_config(&[]));
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer("93.184.216.11:22"))]
+    )));
+}
