@@ -255,6 +255,28 @@ fn connect_refusals() {
     assert_eq!(over_udp.allocate_tcp(), Err(400));
 }
 
+/// SECURITY.md §A: Connect is the relay's only way to open a TCP
+/// connection, so it is the way to the server's own TCP surface (TURN over
+/// TCP and TLS, HTTPS, metrics, the credentials API). With loopback
+/// allowed, every one of the server's own listeners, and the allocation's
+/// own relayed address, is still refused with 403.
+#[test]
+fn connect_never_reaches_the_servers_own_listeners() {
+    let server = tcp_relay_server(&[]);
+    let mut control = server.client(Via::Tcp, "alice", "wonderland");
+    let relayed = control.allocate_tcp().unwrap();
+    let own: Vec<SocketAddr> = server.listening.iter().map(|(_, a)| *a).collect();
+    assert!(own.len() >= 4, "{:?}", server.listening);
+    for addr in own.iter().copied().chain([relayed]) {
+        assert_eq!(control.connect(addr), Err(403), "Connect to {addr}");
+    }
+    // A loopback peer that is not the server is reached: the 403s above
+    // are the own-address rule, not loopback.
+    let (listener, peer) = peer_listener();
+    control.connect(peer).unwrap();
+    assert!(accept(&listener).is_some());
+}
+
 #[test]
 fn off_unless_enabled() {
     let mut args = loopback_args();
