@@ -1842,3 +1842,208 @@ fn the_servers_own_public_address_is_refused_unless_allowed() {
         &[Attr::XorPeerAddress(peer("93.184.216.11:22"))]
     )));
 }
+
+/// SECURITY.md §C, RFC 8489 §9.2.4: MESSAGE-INTEGRITY with any one of
+/// USERNAME, REALM and NONCE missing is 400, and nothing is allocated.
+#[test]
+fn integrity_without_each_credential_attribute_is_a_bad_request() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    // A valid nonce to leave out or keep.
+    let challenge = h.send(
+        c.tuple,
+        &c.unsigned(Method::ALLOCATE, &[Attr::RequestedTransport(17)]),
+    );
+    let Some(Ok(Attr::Nonce(nonce))) = challenge.reply().get(AttrType::NONCE) else {
+        panic!("no nonce");
+    };
+    let nonce = nonce.to_owned();
+    let key = c.key();
+    let username = Attr::Username("alice");
+    let realm = Attr::Realm(REALM);
+    let nonce_attr = Attr::Nonce(&nonce);
+    for (missing, attrs) in [
+        ("USERNAME", [realm, nonce_attr]),
+        ("REALM", [username, nonce_attr]),
+        ("NONCE", [username, realm]),
+    ] {
+        let mut all = vec![Attr::RequestedTransport(17)];
+        all.extend(attrs);
+        let bytes = build(
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            c.tid(),
+            &all,
+            Some(key.as_bytes()),
+            false,
+        );
+        assert_eq!(
+            code(&h.send(c.tuple, &bytes)),
+            Some(400),
+            "without {missing}"
+        );
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+    // With all three, it succeeds: the 400s were about the missing one.
+    c.nonce = Some(nonce);
+    let bytes = c.signed(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);
+    assert!(is_success(&h.send(c.tuple, &bytes)));
+}
+
+/// SECURITY.md §B: a REALM or NONCE over 127 characters is refused (400),
+/// and metacharacters in them are plain bytes: a wrong realm or an unknown
+/// nonce, never more.
+#[test]
+fn oversized_or_odd_realm_and_nonce_are_refused_as_plain_bytes() {
+    let mut h = Harness::new();
+    let c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    let long = "r".repeat(128);
+    let huge = "n".repeat(763);
+    for (what, realm, nonce) in [
+        ("REALM of 128", long.as_str(), "abc"),
+        ("NONCE of 763", REALM, huge.as_str()),
+    ] {
+        let bytes = build(
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            TransactionId([4; 12]),
+            &[
+                Attr::RequestedTransport(17),
+                Attr::Username("alice"),
+                Attr::Other {
+                    typ: AttrType::REALM,
+                    value: realm.as_bytes(),
+                },
+                Attr::Other {
+                    typ: AttrType::NONCE,
+                    value: nonce.as_bytes(),
+                },
+            ],
+            Some(c.key().as_bytes()),
+            false,
+        );
+        assert_eq!(code(&h.send(c.tuple, &bytes)), Some(400), "{what}");
+    }
+    for odd in [
+        "%s%n%x",
+        "'; DROP TABLE users; --",
+        "line\nbreak",
+        "obMatJos2%00",
+    ] {
+        let bytes = build(
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            TransactionId([5; 12]),
+            &[
+                Attr::RequestedTransport(17),
+                Attr::Username("alice"),
+                Attr::Realm(REALM),
+                Attr::Nonce(odd),
+            ],
+            Some(c.key().as_bytes()),
+            false,
+        );
+        // Not a nonce this server issued: 438 with a fresh one.
+        assert_eq!(code(&h.send(c.tuple, &bytes)), Some(438), "NONCE {odd:?}");
+        let bytes = build(
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            TransactionId([6; 12]),
+            &[
+                Attr::RequestedTransport(17),
+                Attr::Username("alice"),
+                Attr::Realm(odd),
+                Attr::Nonce("abc"),
+            ],
+            Some(c.key().as_bytes()),
+            false,
+        );
+        let code = code(&h.send(c.tuple, &bytes));
+        assert!(
+            matches!(code, Some(400 | 401 | 438)),
+            "REALM {odd:?}: {code:?}"
+        );
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+/// SECURITY.md §A: two XOR-PEER-ADDRESS, one allowed and one denied, in
+/// either order: ChannelBind installs nothing and a Send sends nothing to
+/// the denied one.
+#[test]
+fn two_peer_addresses_one_denied_install_and_send_nothing_denied() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    let allowed = peer(PEER);
+    let denied = peer("10.1.2.3:5000");
+    for (first, second) in [(allowed, denied), (denied, allowed)] {
+        let sent = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[
+                Attr::ChannelNumber(0x4000),
+                Attr::XorPeerAddress(first),
+                Attr::XorPeerAddress(second),
+            ],
+        );
+        // The first counts (RFC 8489 §14): bound to it, or refused.
+        if first == denied {
+            assert_eq!(code(&sent), Some(403));
+        } else {
+            assert!(is_success(&sent), "{:?}", sent.error_code());
+        }
+        let send = build(
+            MessageType::new(Method::SEND, Class::Indication),
+            c.tid(),
+            &[
+                Attr::XorPeerAddress(first),
+                Attr::XorPeerAddress(second),
+                Attr::Data(b"x"),
+            ],
+            None,
+            false,
+        );
+        match h.send(c.tuple, &send) {
+            Sent::ToPeer { peer: to, .. } => assert_eq!(to, allowed, "sent to {to}"),
+            Sent::Nothing => assert_eq!(first, denied),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing from the denied peer reaches the client.
+    assert!(h.peer_datagram(id, denied, b"in").is_none());
+}
+
+/// SECURITY.md §C: REST credentials are checked for expiry on every
+/// authenticated request, not only Allocate.
+#[test]
+fn expired_rest_credentials_stop_every_method() {
+    let mut h = Harness::new();
+    let user = auth::rest_username(UNIX_T0 + 60, "carol");
+    let password = auth::rest_password(b"secret-one", &user);
+    let mut c = Client::new("198.51.100.7:5000", &user, &password);
+    assert!(is_success(&c.allocate(&mut h)));
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    h.advance(secs(61));
+    h.server.set_wall_clock(h.now, UNIX_T0 + 61);
+    for (method, attrs) in [
+        (
+            Method::CREATE_PERMISSION,
+            vec![Attr::XorPeerAddress(peer(PEER2))],
+        ),
+        (
+            Method::CHANNEL_BIND,
+            vec![
+                Attr::ChannelNumber(0x4000),
+                Attr::XorPeerAddress(peer(PEER)),
+            ],
+        ),
+        (Method::REFRESH, vec![Attr::Lifetime(600)]),
+    ] {
+        assert_eq!(
+            code(&c.call(&mut h, method, &attrs)),
+            Some(401),
+            "{method:?}"
+        );
+    }
+}
