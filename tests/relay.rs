@@ -236,3 +236,26 @@ fn sigterm_ends_allocations_with_a_log_line_each_and_exits_cleanly() {
         "{log}"
     );
 }
+
+/// SECURITY.md "Defaults to ship", on the binary as shipped: an allocation
+/// lives 600 s unless asked otherwise, and at most 3600 s however long it
+/// asks for, on Allocate and on Refresh.
+#[test]
+fn default_and_maximum_lifetimes() {
+    let server = ServerProcess::start(&loopback_args());
+    let lifetime = |r: &Response| match r.msg().get(AttrType::LIFETIME) {
+        Some(Ok(Attr::Lifetime(s))) => s,
+        other => panic!("no LIFETIME: {other:?} {:?}", r.code()),
+    };
+    let mut a = TurnClient::new(server.addr, "alice", "wonderland");
+    let r = a.request(Method::ALLOCATE, &[Attr::RequestedTransport(17)]);
+    assert_eq!(lifetime(&r), 600);
+    let r = a.request(Method::REFRESH, &[Attr::Lifetime(u32::MAX)]);
+    assert_eq!(lifetime(&r), 3600);
+    let mut b = TurnClient::new(server.addr, "alice", "wonderland");
+    let r = b.request(
+        Method::ALLOCATE,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(u32::MAX)],
+    );
+    assert_eq!(lifetime(&r), 3600);
+}

@@ -544,6 +544,14 @@ fn authentication_is_always_on() {
         r.msg().get(AttrType::SOFTWARE).is_none(),
         "no SOFTWARE in answers to strangers"
     );
+    // Small: a reflector gains little from it (SECURITY.md §D). The
+    // request is 32 bytes with its FINGERPRINT.
+    assert!(
+        r.0.len() <= 160,
+        "{} bytes of 401 for a {}-byte Allocate",
+        r.0.len(),
+        bytes.len()
+    );
     // Wrong password: 401 again; unknown method: 400.
     let mut wrong = TurnClient::new(server.addr, "alice", "not-the-password");
     assert_eq!(
