@@ -224,7 +224,7 @@ fn a_send_to_the_servers_own_listener_is_dropped() {
 fn send_to_own_listener(server: &ServerProcess, via: Via) {
     let peer = echo_peer(10);
     let mut client = server.client(via, "alice", "wonderland");
-    client.allocate();
+    let relayed = client.allocate();
     // The permission is per IP (RFC 8656 §9): 127.0.0.1 covers the
     // listener's port as well, so the port is checked per Send.
     client.create_permission(&[peer]).unwrap();
@@ -239,6 +239,9 @@ fn send_to_own_listener(server: &ServerProcess, via: Via) {
     .unwrap();
     let len = w.finish();
     client.send_indication(server.addr, &buf[..len]);
+    // Nor to the allocation's own relayed address: a loop, which would
+    // come back to us as a Data indication.
+    client.send_indication(relayed, b"loop");
     // A later send on the same 5-tuple is handled after it: once its echo
     // is back, the first one has been dealt with.
     client.send_indication(peer, b"barrier");
