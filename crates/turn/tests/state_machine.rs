@@ -2047,3 +2047,35 @@ fn expired_rest_credentials_stop_every_method() {
         );
     }
 }
+
+/// SECURITY.md §B: every byte sent is initialised. A peer's datagram is
+/// wrapped in place in a buffer that still holds other data (the harness
+/// fills it with 0xEE): the padding of the Data indication, and of
+/// ChannelData on a stream, must be zeros.
+#[test]
+fn padding_around_relayed_data_is_zeroed() {
+    let mut h = Harness::new();
+    let mut c = allocated(&mut h, "198.51.100.7:5000");
+    let id = h.last_allocation();
+    assert!(is_success(&c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attr::XorPeerAddress(peer(PEER))]
+    )));
+    for len in [1usize, 2, 3, 5, 1001] {
+        let payload = vec![0x5Au8; len];
+        let (_, bytes) = h.peer_datagram(id, peer(PEER), &payload).unwrap();
+        let msg = Message::parse(&bytes).unwrap();
+        assert_eq!(msg.len(), bytes.len(), "the datagram is the message");
+        assert_eq!(
+            msg.get(AttrType::DATA),
+            Some(Ok(Attr::Data(payload.as_slice())))
+        );
+        let padding = (4 - len % 4) % 4;
+        let tail = &bytes[bytes.len() - padding..];
+        assert!(
+            tail.iter().all(|&b| b == 0),
+            "padding {tail:02x?} after {len} bytes"
+        );
+    }
+}
