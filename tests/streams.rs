@@ -348,14 +348,49 @@ fn half_open_idle_and_surplus_connections_are_closed() {
         );
     }
 
-    // Idle: a client that made no allocation is closed after idle_timeout;
-    // one with an allocation stays.
-    let mut idle = server.client(Via::Tcp, "", "");
-    assert!(binding_works(&mut idle));
-    assert!(
-        idle.closed_within(Duration::from_secs(5)),
-        "an idle connection stayed open"
-    );
+    // A slow drip: a ChannelData that announces 64 KiB, a byte at a time,
+    // never completes a message, so the connection stays half-open and is
+    // closed at handshake_timeout, however steadily it drips.
+    let mut drip = TcpStream::connect(tcp).unwrap();
+    drip.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    std::io::Write::write_all(&mut drip, &[0x40, 0x00, 0xFF, 0xFF]).unwrap();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if std::io::Write::write_all(&mut drip, &[0]).is_err() {
+            closed = true;
+            break;
+        }
+        match std::io::Read::read(&mut drip, &mut [0u8; 16]) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a connection dripping a message stayed open");
+
+    // Idle: a client that made no allocation is closed after idle_timeout,
+    // over TCP and TLS; one with an allocation stays.
+    for via in [Via::Tcp, Via::Tls { alpn: false }, Via::Tls { alpn: true }] {
+        let mut idle = server.client(via, "", "");
+        assert!(binding_works(&mut idle), "{via:?}");
+        assert!(
+            idle.closed_within(Duration::from_secs(5)),
+            "an idle connection stayed open over {via:?}"
+        );
+    }
     let mut busy = server.client(Via::Tcp, "alice", "wonderland");
     busy.allocate();
     assert!(
@@ -374,4 +409,81 @@ fn half_open_idle_and_surplus_connections_are_closed() {
         refused.closed_within(Duration::from_secs(5)),
         "a connection over the limit was kept"
     );
+}
+
+/// `limits.connections_per_source`: one address cannot hold more, and a
+/// closed connection frees its place.
+#[test]
+fn connections_per_source_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(&config, "[limits]\nconnections_per_source = 2\n").unwrap();
+    let mut args = loopback_args();
+    args.extend(["--config", config.to_str().unwrap()]);
+    let server = ServerProcess::start_every_transport(&args);
+    let mut held: Vec<TurnClient> = (0..2).map(|_| server.client(Via::Tcp, "", "")).collect();
+    for c in &mut held {
+        assert!(binding_works(c));
+    }
+    let mut third = server.client(Via::Tcp, "", "");
+    assert!(
+        third.closed_within(Duration::from_secs(5)),
+        "a third connection from one address was kept"
+    );
+    // (That sources are told apart is the unit test in stream.rs.)
+    // One closes: its place is free again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = server.client(Via::Tcp, "", "");
+        if binding_works(&mut again) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SECURITY.md "Defaults to ship": TLS 1.2 or later. A client that offers
+/// only TLS 1.0 or 1.1 gets no session; TLS 1.2 and 1.3 do (so that the
+/// refusals are about the version, not the tool).
+#[test]
+fn tls_below_1_2_is_refused() {
+    let openssl = require!(on_path("openssl", "openssl"));
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    let tls = server.addr_for(Via::Tls { alpn: false });
+    let handshake = |version: &str| {
+        let out = std::process::Command::new(&openssl)
+            .args([
+                "s_client",
+                "-connect",
+                &tls.to_string(),
+                version,
+                // OpenSSL 3 itself refuses TLS 1.0 and 1.1 at its default
+                // security level; lower it so that the server decides.
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    for version in ["-tls1", "-tls1_1"] {
+        let (ok, text) = handshake(version);
+        assert!(!ok, "{version} was accepted:\n{text}");
+        assert!(
+            !text.contains("Cipher is") || text.contains("Cipher is (NONE)"),
+            "{version} negotiated a cipher:\n{text}"
+        );
+    }
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (ok, text) = handshake(version);
+        assert!(ok, "{version} was refused:\n{text}");
+    }
 }
