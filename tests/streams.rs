@@ -487,3 +487,62 @@ fn tls_below_1_2_is_refused() {
         assert!(ok, "{version} was refused:\n{text}");
     }
 }
+
+/// SECURITY.md §D: per-connection buffers are bounded. A TCP client that
+/// stops reading while its peer floods it costs the server its bounded
+/// write queue, not memory in step with the flood; other clients go on.
+#[test]
+fn a_client_that_stops_reading_costs_a_bounded_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("t.toml");
+    // No bandwidth limit: the write queue's bound is what is tested.
+    std::fs::write(&config, "[limits]\nbandwidth_kbps = 0\n").unwrap();
+    let mut args = loopback_args();
+    args.extend([
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let server = ServerProcess::start_every_transport(&args);
+    let flooder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut stuck = server.client(Via::Tcp, "alice", "wonderland");
+    let relayed = stuck.allocate();
+    stuck
+        .channel_bind(0x4000, flooder.local_addr().unwrap())
+        .unwrap();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+    // 100 MB toward a client that reads nothing, paced so that the server
+    // takes most of it rather than the relay socket's buffer dropping it.
+    let payload = vec![0xABu8; 1000];
+    for i in 0..100_000 {
+        let _ = flooder.send_to(&payload, relayed);
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    // Once the server has taken what it will (a round trip through it on
+    // another connection orders us after the flood's datagrams).
+    let peer = echo_peer(10);
+    let mut other = server.client(Via::Tcp, "alice", "wonderland");
+    other.allocate();
+    other.channel_bind(0x4000, peer).unwrap();
+    other.send_channel(0x4000, b"unaffected");
+    let got = other
+        .recv(Duration::from_secs(10))
+        .expect("the other client's echo");
+    assert_eq!(got.get(4..), Some(b"unaffected".as_slice()));
+    let after = rss();
+    assert!(
+        after <= before + 8 * 1024,
+        "RSS grew from {before} to {after} KiB while a client did not read"
+    );
+}
