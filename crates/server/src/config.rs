@@ -1246,6 +1246,14 @@ deny = []
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.nonce_lifetime, 600);
         assert!(c.realm.is_none() && c.users.is_empty() && c.secrets.is_empty());
+        // SECURITY.md "Defaults to ship": no admin surface anywhere, no
+        // RFC 6062, no special peers, quotas on.
+        assert!(c.http.address.is_none() && c.listen.iter().all(|l| !l.http));
+        assert!(c.http.api_keys.is_empty(), "the credentials API is off");
+        assert!(!c.relay_tcp);
+        assert!(c.allow_peers.is_empty());
+        assert_eq!(c.limits, turnpike_turn::Limits::default());
+        assert!(c.limits.bandwidth_bytes_per_second > 0 && c.limits.unauthenticated_per_second > 0);
     }
 
     #[test]

@@ -2008,6 +2008,27 @@ fn two_peer_addresses_one_denied_install_and_send_nothing_denied() {
     }
     // Nothing from the denied peer reaches the client.
     assert!(h.peer_datagram(id, denied, b"in").is_none());
+
+    // Connect (RFC 6062) too: the first peer counts, and a denied one is
+    // never connected to.
+    let mut t = tcp_allocated(&mut h, "198.51.100.7:5001");
+    for (first, second) in [(allowed, denied), (denied, allowed)] {
+        let sent = t.call(
+            &mut h,
+            Method::CONNECT,
+            &[Attr::XorPeerAddress(first), Attr::XorPeerAddress(second)],
+        );
+        match sent {
+            Sent::Connect { request, .. } => {
+                assert_eq!(first, allowed);
+                assert_eq!(request.peer, allowed);
+            }
+            other => {
+                assert_eq!(first, denied, "{other:?}");
+                assert_eq!(code(&other), Some(403));
+            }
+        }
+    }
 }
 
 /// SECURITY.md §C: REST credentials are checked for expiry on every
