@@ -307,18 +307,27 @@ impl Relays for Binder {
         };
 
         let mut pool = self.pool.lock().map_err(|_| BindError::Failed)?;
-        let start = rand::rng().random_range(0..pool.range.len());
         let even = request.even_port;
         let pair = request.reserve_next;
-        let candidates: Vec<u16> = pool
-            .candidates(start, |pool, port| {
-                (!even || port % 2 == 0)
-                    && (!pair || port.checked_add(1).is_some_and(|next| pool.is_free(next)))
-                    && pool.is_free(port)
-            })
-            .take(MAX_ATTEMPTS)
-            .collect();
-        for port in candidates {
+        let mut rng = rand::rng();
+        for _ in 0..MAX_ATTEMPTS {
+            // The first port this process does not hold, from a random
+            // point of the range. Each attempt starts afresh at random: a
+            // port that fails to bind is held by another program, which may
+            // hold a long run of them (another relay, the ephemeral range),
+            // so the next port along would most likely fail too.
+            let start = rng.random_range(0..pool.range.len());
+            let Some(port) = pool
+                .candidates(start, |pool, port| {
+                    (!even || port % 2 == 0)
+                        && (!pair || port.checked_add(1).is_some_and(|next| pool.is_free(next)))
+                        && pool.is_free(port)
+                })
+                .next()
+            else {
+                // Every port of the range is this process's own.
+                return Err(BindError::NoPorts);
+            };
             let Some(socket) = bind_one(port) else {
                 continue;
             };
@@ -414,6 +423,37 @@ mod tests {
             .unwrap();
         assert_eq!(stream.local_addr().unwrap(), addr);
         assert_eq!(peer.accept().unwrap().1, addr);
+    }
+
+    #[test]
+    fn a_long_run_of_ports_another_program_holds_is_stepped_over() {
+        // Another program (this test) holds 200 consecutive ports of a
+        // 256-port range; its own address keeps other tests out of it.
+        let ip: IpAddr = "127.0.0.77".parse().unwrap();
+        let range: PortRange = "61000-61255".parse().unwrap();
+        let held: Vec<std::net::UdpSocket> = (61_000..61_200)
+            .filter_map(|port| std::net::UdpSocket::bind((ip, port)).ok())
+            .collect();
+        assert!(held.len() > 190, "only {} ports could be held", held.len());
+        let pool = Arc::new(Mutex::new(PortPool::new(range)));
+        let mut binder = Binder::new(&[ip], pool, Rc::new(Epoll::new().unwrap()));
+        let mut relays = Vec::new();
+        for i in 0..40u64 {
+            let request = BindRequest {
+                id: AllocationId::from_raw(i),
+                family: turnpike_turn::stun::Family::V4,
+                even_port: false,
+                reserve_next: false,
+                dont_fragment: false,
+                tcp: false,
+            };
+            // Trying the next port after each that fails would meet 64
+            // held ones in a row about half the time.
+            let bound = binder
+                .bind(&request)
+                .unwrap_or_else(|e| panic!("relay {i}: {e:?}"));
+            relays.push(bound);
+        }
     }
 
     #[test]
