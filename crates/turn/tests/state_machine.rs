@@ -19,7 +19,7 @@ use turnpike_turn::stun::{
     Attr, AttrType, Class, Family, Integrity, Message, MessageType, Method, PasswordAlgorithm,
     TransactionId, channel_data,
 };
-use turnpike_turn::{EndReason, Event, Limits, Transport, auth};
+use turnpike_turn::{EndReason, Event, Limits, Output, Transport, auth};
 
 fn peer(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -2097,6 +2097,31 @@ fn padding_around_relayed_data_is_zeroed() {
         assert!(
             tail.iter().all(|&b| b == 0),
             "padding {tail:02x?} after {len} bytes"
+        );
+    }
+}
+
+/// SECURITY.md §B: every byte sent is initialised, in answers too. The
+/// answer is written into a buffer that holds old data (0xEE): an error
+/// whose reason phrase needs padding, and a success, carry none of it.
+#[test]
+fn answers_written_over_old_data_carry_none_of_it() {
+    let mut h = Harness::new();
+    let mut c = Client::new("198.51.100.7:5000", "alice", "wonderland");
+    // "Bad Request" is 11 bytes: its ERROR-CODE needs a byte of padding.
+    let bad = c.unsigned(Method::new(0x0FF).unwrap(), &[]);
+    let binding = c.unsigned(Method::BINDING, &[]);
+    for request in [bad, binding] {
+        let mut out = vec![0xEEu8; 1500];
+        let len = match h.server.handle_client(h.now, c.tuple, &request, &mut out) {
+            Output::Reply(len) => len,
+            _ => panic!("no answer"),
+        };
+        let answer = &out[..len];
+        assert!(Message::parse(answer).is_ok());
+        assert!(
+            !answer.contains(&0xEE),
+            "old bytes in the answer: {answer:02x?}"
         );
     }
 }
