@@ -525,7 +525,7 @@ impl Shard {
                 } => info!(
                     shard = self.index,
                     allocation = %id,
-                    user = %username,
+                    user = %Printable(&username),
                     transport = %tuple.transport,
                     client = %tuple.client,
                     server = %tuple.server,
@@ -544,7 +544,7 @@ impl Shard {
                 } => info!(
                     shard = self.index,
                     allocation = %id,
-                    user = %username,
+                    user = %Printable(&username),
                     transport = %tuple.transport,
                     client = %tuple.client,
                     server = %tuple.server,
@@ -567,4 +567,44 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A user name as a log line shows it: control characters escaped, so
+/// that a name (REST user names are whatever the minting service chose)
+/// cannot forge log lines.
+struct Printable<'a>(&'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control() {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::Printable;
+
+    #[test]
+    fn control_characters_in_user_names_are_escaped() {
+        assert_eq!(Printable("alice").to_string(), "alice");
+        assert_eq!(
+            Printable("1800000000:bob smith").to_string(),
+            "1800000000:bob smith"
+        );
+        assert_eq!(
+            Printable("x\nINFO forged\r\u{1b}[31m").to_string(),
+            "x\\nINFO forged\\r\\u{1b}[31m"
+        );
+        assert_eq!(Printable("ünïcödé").to_string(), "ünïcödé");
+    }
 }
