@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             let message = e.to_string();
             assert!(!message.is_empty());
             if let Some(line) = e.line {
-                assert!(line >= 1 && line <= text.lines().count().max(1) + 1, "line {line} of {message}");
+                assert!(
+                    line >= 1 && line <= text.lines().count().max(1) + 1,
+                    "line {line} of {message}"
+                );
             }
         }
     }

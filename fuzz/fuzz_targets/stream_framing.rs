@@ -38,11 +38,16 @@ fn deframe(stream: &[u8], reads: &[u16]) -> (Vec<Vec<u8>>, Result<usize, NotTurn
         if at == stream.len() {
             return (messages, Ok(d.rest().len()));
         }
-        let want = reads.get(i % reads.len().max(1)).copied().unwrap_or(u16::MAX);
+        let want = reads
+            .get(i % reads.len().max(1))
+            .copied()
+            .unwrap_or(u16::MAX);
         i += 1;
         let room = d.room();
         assert!(!room.is_empty(), "no room while no message is whole");
-        let n = usize::from(want.max(1)).min(room.len()).min(stream.len() - at);
+        let n = usize::from(want.max(1))
+            .min(room.len())
+            .min(stream.len() - at);
         room[..n].copy_from_slice(&stream[at..at + n]);
         d.filled(n);
         at += n;
@@ -52,7 +57,10 @@ fn deframe(stream: &[u8], reads: &[u16]) -> (Vec<Vec<u8>>, Result<usize, NotTurn
 fuzz_target!(|input: Input| {
     let (messages, end) = deframe(&input.stream, &input.reads);
     let (whole, whole_end) = deframe(&input.stream, &[]);
-    assert_eq!(messages, whole, "the messages depend on how reads split the stream");
+    assert_eq!(
+        messages, whole,
+        "the messages depend on how reads split the stream"
+    );
     assert_eq!(end, whole_end);
     let taken: usize = messages.iter().map(Vec::len).sum();
     assert_eq!(messages.concat(), input.stream[..taken]);

@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
         };
         if matches!(
             raw.typ,
-            AttrType::MESSAGE_INTEGRITY | AttrType::MESSAGE_INTEGRITY_SHA256 | AttrType::FINGERPRINT
+            AttrType::MESSAGE_INTEGRITY
+                | AttrType::MESSAGE_INTEGRITY_SHA256
+                | AttrType::FINGERPRINT
         ) {
             continue;
         }
@@ -45,6 +47,11 @@ fuzz_target!(|data: &[u8]| {
     let reparsed: Vec<RawAttr<'_>> = again.attributes().collect();
     assert_eq!(reparsed.len(), decoded.len());
     for (raw, attr) in reparsed.into_iter().zip(decoded) {
-        assert_eq!(Attr::decode(raw, &tid), Ok(attr), "round trip of {:?}", raw.typ);
+        assert_eq!(
+            Attr::decode(raw, &tid),
+            Ok(attr),
+            "round trip of {:?}",
+            raw.typ
+        );
     }
 });

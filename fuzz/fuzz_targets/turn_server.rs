@@ -45,7 +45,11 @@ enum Action {
         fingerprint: bool,
     },
     /// A datagram from a peer to the relay of the n-th allocation made.
-    Peer { allocation: u8, from: u8, bytes: Vec<u8> },
+    Peer {
+        allocation: u8,
+        from: u8,
+        bytes: Vec<u8>,
+    },
     /// Time passes (and the timer runs).
     Advance { millis: u32 },
 }
@@ -82,7 +86,11 @@ fn check_answer(h: &mut Harness, request: &[u8], signed: bool, sent: &Sent) {
                 assert_eq!(reply.method(), req.method());
             }
             if !signed {
-                assert!(bytes.len() <= 300, "{} bytes to an unsigned request", bytes.len());
+                assert!(
+                    bytes.len() <= 300,
+                    "{} bytes to an unsigned request",
+                    bytes.len()
+                );
             }
         }
         Sent::ToPeer { relay, peer, .. } => {
@@ -155,7 +163,11 @@ fuzz_target!(|input: Input| {
                 let signed = Message::parse(bytes).is_ok_and(|m| m.has_integrity());
                 check_answer(&mut h, bytes, signed, &sent);
             }
-            Action::Signed { method, attrs, fingerprint } => {
+            Action::Signed {
+                method,
+                attrs,
+                fingerprint,
+            } => {
                 let bytes = signed(&mut alice, *method, attrs, *fingerprint);
                 let sent = h.send(alice.tuple, &bytes);
                 check_answer(&mut h, &bytes, true, &sent);
@@ -166,7 +178,11 @@ fuzz_target!(|input: Input| {
                     alice.nonce = Some(n.to_owned());
                 }
             }
-            Action::Peer { allocation, from, bytes } => {
+            Action::Peer {
+                allocation,
+                from,
+                bytes,
+            } => {
                 let ids: Vec<_> = h
                     .events
                     .iter()
