@@ -215,17 +215,52 @@ fn saturate_reports_steps_and_the_best() {
         assert!(s["rate_pps"].as_f64().unwrap() >= 20_000.0);
         assert!(s["offered_pps"].is_f64() && s["loss_pct"].is_f64());
     }
-    let last = steps.last().unwrap();
-    assert!(
-        last["loss_pct"].as_f64().unwrap() >= 1.0
-            || last["generator_limited"] == true
-            || steps.len() >= 60,
-        "the ramp stops for a reason: {r}"
-    );
+    // The ramp (rates rising by 1.25) ends at the first step that failed:
+    // 1 % loss, or the generator falling short.
+    let failed = |s: &serde_json::Value| {
+        s["loss_pct"].as_f64().unwrap() >= 1.0 || s["generator_limited"] == true
+    };
+    let ended = steps.iter().position(failed);
+    let Some(ended) = ended else {
+        assert!(steps.len() >= 60, "the ramp stops for a reason: {r}");
+        return;
+    };
+    for pair in steps[..=ended].windows(2) {
+        let (a, b) = (
+            pair[0]["rate_pps"].as_f64().unwrap(),
+            pair[1]["rate_pps"].as_f64().unwrap(),
+        );
+        assert!((b / a - 1.25).abs() < 1e-6, "ramp steps ×1.25: {r}");
+    }
+    // After a loss (not a generator shortfall) with a good step before it,
+    // three steps bisect between the two; otherwise nothing follows.
+    let bisects = ended > 0 && steps[ended]["generator_limited"] != true;
+    let after = &steps[ended + 1..];
+    if bisects {
+        assert!(!after.is_empty() && after.len() <= 3, "{r}");
+        let low = steps[ended - 1]["rate_pps"].as_f64().unwrap();
+        let high = steps[ended]["rate_pps"].as_f64().unwrap();
+        for s in after {
+            let rate = s["rate_pps"].as_f64().unwrap();
+            assert!(
+                rate > low && rate < high,
+                "a bisecting step outside ({low}, {high}): {r}"
+            );
+        }
+    } else {
+        assert!(after.is_empty(), "{r}");
+    }
     if let Some(best) = r["best_step"].as_u64() {
         let best = &steps[best as usize];
         assert!(best["loss_pct"].as_f64().unwrap() < 1.0);
         assert_eq!(best["delivered_pps"], r["delivered_pps"]);
+        // The best is the highest delivered rate under 1 % loss.
+        for s in steps
+            .iter()
+            .filter(|s| s["loss_pct"].as_f64().unwrap() < 1.0)
+        {
+            assert!(s["delivered_pps"].as_f64() <= best["delivered_pps"].as_f64());
+        }
     }
 }
 
