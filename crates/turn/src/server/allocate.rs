@@ -52,6 +52,9 @@ impl<R: Relays> Server<R> {
                 None => self.remove(id, now, EndReason::Expired),
             }
         }
+        if self.shared.is_draining() {
+            return self.refuse_while_draining(tuple, msg, out, auth);
+        }
         let wanted = wanted(msg)?;
         // RFC 6062 §5.1: TCP relaying, when enabled, for clients on TCP or
         // TLS.
@@ -151,6 +154,32 @@ impl<R: Relays> Server<R> {
         });
         let answer = (relayed, reservation_token, refused_v6);
         self.allocate_success(msg, out, auth, tuple, answer, lifetime)
+    }
+
+    /// A new allocation while the server drains: 300 with ALTERNATE-SERVER
+    /// when an alternate of the client's family is configured (RFC 8489
+    /// §10, RFC 8656 §7.2), else 508. Retransmissions and the allocations
+    /// that exist are answered as usual, above.
+    fn refuse_while_draining(
+        &mut self,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+        auth: &Verified,
+    ) -> Result<usize, ErrorCode> {
+        let family = Family::of(&tuple.client);
+        let alternate = self
+            .shared
+            .config
+            .alternates
+            .iter()
+            .copied()
+            .find(|a| Family::of(a) == family)
+            .ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?;
+        self.error(msg, out, ErrorCode::TRY_ALTERNATE, Some(auth), |w| {
+            w.add(&Attr::AlternateServer(alternate))
+        })
+        .ok_or(ErrorCode::SERVER_ERROR)
     }
 
     fn bind(

@@ -371,13 +371,6 @@ impl<R: Relays> Server<R> {
         Rate(self.shared.config.limits.bandwidth_bytes_per_second)
     }
 
-    /// Whether `tuple` holds an allocation that has not expired.
-    fn has_live(&self, tuple: &FiveTuple, now: Instant) -> bool {
-        self.by_tuple
-            .get(tuple)
-            .is_some_and(|&id| live(&self.slots, id, now).is_some())
-    }
-
     /// Allocations on this shard by client transport: UDP, TCP, TLS.
     #[must_use]
     pub fn allocations_by_transport(&self) -> [usize; 3] {
@@ -592,9 +585,6 @@ impl<R: Relays> Server<R> {
                 Ok((connection, reply)) => return Output::Bind { connection, reply },
                 Err(code) => Err(code),
             },
-            Method::ALLOCATE if self.shared.is_draining() && !self.has_live(tuple, now) => {
-                return reply(self.refuse_while_draining(tuple, msg, out, &auth));
-            }
             Method::ALLOCATE => self.allocate(now, tuple, msg, &auth, out),
             Method::REFRESH => self.refresh(now, tuple, msg, &auth, out),
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth, out),
@@ -603,38 +593,6 @@ impl<R: Relays> Server<R> {
         match result {
             Ok(len) => Output::Reply(len),
             Err(code) => reply(self.error(msg, out, code, Some(&auth), |_| Ok(()))),
-        }
-    }
-
-    /// An Allocate that would make a new allocation while the server
-    /// drains: 300 with ALTERNATE-SERVER when an alternate of the client's
-    /// family is configured (RFC 8489 §10, RFC 8656 §7.2), else 508.
-    fn refuse_while_draining(
-        &mut self,
-        tuple: &FiveTuple,
-        msg: &Message<'_>,
-        out: &mut [u8],
-        auth: &Verified,
-    ) -> Answer {
-        let family = Family::of(&tuple.client);
-        let alternate = self
-            .shared
-            .config
-            .alternates
-            .iter()
-            .copied()
-            .find(|a| Family::of(a) == family);
-        match alternate {
-            Some(a) => self.error(msg, out, ErrorCode::TRY_ALTERNATE, Some(auth), |w| {
-                w.add(&Attr::AlternateServer(a))
-            }),
-            None => self.error(
-                msg,
-                out,
-                ErrorCode::INSUFFICIENT_CAPACITY,
-                Some(auth),
-                |_| Ok(()),
-            ),
         }
     }
 
@@ -679,7 +637,7 @@ impl<R: Relays> Server<R> {
         })
     }
 
-    fn error(
+    pub(super) fn error(
         &mut self,
         msg: &Message<'_>,
         out: &mut [u8],
