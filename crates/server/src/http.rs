@@ -3,7 +3,6 @@
 //! and on `[http] address`.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,7 +22,9 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use turnpike_turn::{Counts, Stats, auth};
+use turnpike_turn::{Counts, Shared, Stats, auth};
+
+use crate::relay::ReservedPort;
 
 /// What one shard last reported.
 #[derive(Debug, Clone, Default)]
@@ -41,9 +42,6 @@ pub struct ShardReport {
 #[derive(Debug, Default)]
 pub struct Reports {
     shards: Mutex<Vec<ShardReport>>,
-    /// Set when the server starts draining (SIGTERM): `/healthz` answers
-    /// 503 so that load balancers send new clients elsewhere.
-    draining: AtomicBool,
 }
 
 impl Reports {
@@ -51,17 +49,7 @@ impl Reports {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: Mutex::new(vec![ShardReport::default(); shards]),
-            draining: AtomicBool::new(false),
         }
-    }
-
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
-    #[must_use]
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
     }
 
     /// Replaces shard `index`'s report.
@@ -92,6 +80,9 @@ pub struct Minter {
 pub struct HttpState {
     pub reports: Arc<Reports>,
     pub minter: Option<Minter>,
+    /// What the shards share; `/healthz` and `/metrics` read whether the
+    /// server drains from it.
+    pub(crate) shared: Arc<Shared<ReservedPort>>,
 }
 
 /// The routes.
@@ -157,7 +148,7 @@ pub(crate) fn spawn_plain(
 /// it has stopped taking them (SIGTERM), so that health checks take it out
 /// of rotation while its existing allocations finish.
 async fn healthz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
-    if state.reports.is_draining() {
+    if state.shared.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ok\n")
@@ -168,7 +159,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Collected {
         shards: state.reports.snapshot(),
-        draining: state.reports.is_draining(),
+        draining: state.shared.is_draining(),
     }));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &registry) {

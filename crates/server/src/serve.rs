@@ -62,7 +62,6 @@ pub struct Running {
     pub drain_timeout: Duration,
     certificates: Vec<Arc<CertStore>>,
     shared: Arc<Shared<ReservedPort>>,
-    reports: Arc<Reports>,
     shutdown: watch::Sender<bool>,
     watcher_stop: mpsc::Sender<()>,
     threads_running: Vec<JoinHandle<()>>,
@@ -86,7 +85,6 @@ impl Running {
     /// `/healthz` answers 503. Existing allocations go on.
     pub fn drain(&self) {
         self.shared.start_draining();
-        self.reports.set_draining();
     }
 
     /// Allocations alive, across shards.
@@ -265,10 +263,6 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         (true, _) => None,
     };
     let credentials_api = minter.is_some();
-    let router = http::router(Arc::new(HttpState {
-        reports: Arc::clone(&reports),
-        minter,
-    }));
 
     // The peer policy: the server's own sockets are never peers.
     let relay_addresses: Vec<IpAddr> = relays
@@ -322,6 +316,11 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         random(),
         Instant::now(),
     ));
+    let router = http::router(Arc::new(HttpState {
+        reports: Arc::clone(&reports),
+        minter,
+        shared: Arc::clone(&shared),
+    }));
     let pool = Arc::new(Mutex::new(PortPool::new(config.relay_ports)));
     let open_connections = Arc::new(OpenConnections::default());
     let parked = Parked::default();
@@ -380,7 +379,6 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         drain_timeout: config.drain.timeout,
         certificates,
         shared,
-        reports,
         shutdown,
         watcher_stop,
         threads_running,
