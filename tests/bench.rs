@@ -329,18 +329,12 @@ fn errors_are_one_clear_line() {
 /// README promises per allocation.
 #[test]
 fn ten_thousand_idle_allocations() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("turnpike.toml");
-    std::fs::write(
-        &config,
-        "[limits]\nallocations_per_user = 10000\nunauthenticated_per_second = 0\n",
-    )
-    .unwrap();
+    let config =
+        config_file("[limits]\nallocations_per_user = 10000\nunauthenticated_per_second = 0\n");
     let mut args = loopback_args();
-    let config = config.to_str().unwrap();
     args.extend([
         "--config",
-        config,
+        &config.path,
         "--allow-peer",
         "127.0.0.0/8",
         "--listen",

@@ -469,16 +469,9 @@ fn garbage_on_a_stream_closes_only_that_connection() {
 fn malformed_messages_on_a_stream_neither_desync_nor_crash() {
     // Hundreds of unauthenticated Bindings from one address: the limit on
     // answers to strangers would withhold some.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("turnpike.toml");
-    std::fs::write(&config, "[limits]\nunauthenticated_per_second = 0\n").unwrap();
+    let config = config_file("[limits]\nunauthenticated_per_second = 0\n");
     let mut args = loopback_args();
-    args.extend([
-        "--allow-peer",
-        "127.0.0.0/8",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    args.extend(["--allow-peer", "127.0.0.0/8", "--config", &config.path]);
     let mut server = ServerProcess::start_every_transport(&args);
     let peer = echo_peer(100);
     let junk = malformed();
@@ -590,17 +583,6 @@ fn authentication_is_always_on() {
     let _ = MessageType::new(Method::ALLOCATE, Class::Request);
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// The value of an unlabelled metric, or the sum over its labels.
 fn metric(metrics: &str, name: &str) -> u64 {
     metrics
@@ -669,7 +651,6 @@ fn a_flood_of_unauthenticated_allocates_leaves_nothing_behind() {
         "127.0.0.1:0",
     ]);
     let server = ServerProcess::start(&args);
-    let pid = server.pid();
     let peer = echo_peer(10_000);
     // Warm every path once: a real allocation made and gone, and a small
     // flood, so that what follows measures only what a flood adds.
@@ -681,9 +662,9 @@ fn a_flood_of_unauthenticated_allocates_leaves_nothing_behind() {
     flood(server.addr, 2_000);
 
     // The flood alone: nothing stays.
-    let rss_before = rss_kib(pid);
+    let rss_before = server.rss_kib();
     let (answers, elapsed) = flood(server.addr, FLOOD);
-    let rss_after = rss_kib(pid);
+    let rss_after = server.rss_kib();
     assert!(
         rss_after <= rss_before + 512,
         "RSS grew from {rss_before} to {rss_after} KiB over {FLOOD} unauthenticated Allocates"

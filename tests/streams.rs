@@ -318,15 +318,10 @@ fn certificates_change_under_live_allocations() {
 
 #[test]
 fn half_open_idle_and_surplus_connections_are_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("t.toml");
-    std::fs::write(
-        &config,
-        "[limits]\nhandshake_timeout = 1\nidle_timeout = 1\nconnections = 3\n",
-    )
-    .unwrap();
+    let config =
+        config_file("[limits]\nhandshake_timeout = 1\nidle_timeout = 1\nconnections = 3\n");
     let mut args = loopback_args();
-    args.extend(["--config", config.to_str().unwrap()]);
+    args.extend(["--config", &config.path]);
     let server = ServerProcess::start_every_transport(&args);
     let tcp = server.addr_for(Via::Tcp);
     let tls = server.addr_for(Via::Tls { alpn: false });
@@ -415,11 +410,9 @@ fn half_open_idle_and_surplus_connections_are_closed() {
 /// closed connection frees its place.
 #[test]
 fn connections_per_source_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("t.toml");
-    std::fs::write(&config, "[limits]\nconnections_per_source = 2\n").unwrap();
+    let config = config_file("[limits]\nconnections_per_source = 2\n");
     let mut args = loopback_args();
-    args.extend(["--config", config.to_str().unwrap()]);
+    args.extend(["--config", &config.path]);
     let server = ServerProcess::start_every_transport(&args);
     let mut held: Vec<TurnClient> = (0..2).map(|_| server.client(Via::Tcp, "", "")).collect();
     for c in &mut held {
@@ -493,17 +486,10 @@ fn tls_below_1_2_is_refused() {
 /// write queue, not memory in step with the flood; other clients go on.
 #[test]
 fn a_client_that_stops_reading_costs_a_bounded_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("t.toml");
     // No bandwidth limit: the write queue's bound is what is tested.
-    std::fs::write(&config, "[limits]\nbandwidth_kbps = 0\n").unwrap();
+    let config = config_file("[limits]\nbandwidth_kbps = 0\n");
     let mut args = loopback_args();
-    args.extend([
-        "--allow-peer",
-        "127.0.0.0/8",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    args.extend(["--allow-peer", "127.0.0.0/8", "--config", &config.path]);
     let server = ServerProcess::start_every_transport(&args);
     let flooder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut stuck = server.client(Via::Tcp, "alice", "wonderland");
@@ -511,15 +497,7 @@ fn a_client_that_stops_reading_costs_a_bounded_queue() {
     stuck
         .channel_bind(0x4000, flooder.local_addr().unwrap())
         .unwrap();
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap()
-    };
-    let before = rss();
+    let before = server.rss_kib();
     // 100 MB toward a client that reads nothing, paced so that the server
     // takes most of it rather than the relay socket's buffer dropping it.
     let payload = vec![0xABu8; 1000];
@@ -540,7 +518,7 @@ fn a_client_that_stops_reading_costs_a_bounded_queue() {
         .recv(Duration::from_secs(10))
         .expect("the other client's echo");
     assert_eq!(got.get(4..), Some(b"unaffected".as_slice()));
-    let after = rss();
+    let after = server.rss_kib();
     assert!(
         after <= before + 8 * 1024,
         "RSS grew from {before} to {after} KiB while a client did not read"

@@ -358,6 +358,16 @@ impl ServerProcess {
         (status.and_then(|s| s.code()), log)
     }
 
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+
     /// The plain-HTTP listener (`--http-address`), if any.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.listening
@@ -1009,4 +1019,21 @@ pub fn echo_peer_on(addr: &str, limit: usize) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A configuration file for `--config`, in a directory that lives as long
+/// as this value.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    pub path: String,
+}
+
+pub fn config_file(text: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turnpike.toml");
+    std::fs::write(&path, text).unwrap();
+    ConfigFile {
+        path: path.to_str().unwrap().to_owned(),
+        _dir: dir,
+    }
 }
