@@ -4,18 +4,30 @@
 
 use std::time::{Duration, Instant};
 
-const NANOS: u128 = 1_000_000_000;
+const NANOS: u64 = 1_000_000_000;
 
 /// Bytes per second; 0 means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rate(pub(crate) u64);
 
+impl Rate {
+    /// One second's worth, the most a budget holds, in nanobytes.
+    fn capacity(self) -> u64 {
+        self.0.saturating_mul(NANOS)
+    }
+}
+
 /// One direction's budget.
+///
+/// Kept in nanobytes (bytes × 10⁹), so that a refill is one
+/// multiplication, exact to the nanosecond, with no division on the data
+/// path. The largest rate the configuration allows (100 Gbit/s) keeps one
+/// second's worth within a `u64`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budget {
-    /// Bytes that may pass now.
-    bytes: u64,
-    /// When `bytes` was last refilled.
+    /// What may pass now, in nanobytes.
+    nanobytes: u64,
+    /// When the budget was last refilled.
     at: Instant,
 }
 
@@ -23,7 +35,7 @@ impl Budget {
     /// A full budget (one second's worth) at `now`.
     pub(crate) fn new(rate: Rate, now: Instant) -> Self {
         Self {
-            bytes: rate.0,
+            nanobytes: rate.capacity(),
             at: now,
         }
     }
@@ -35,25 +47,22 @@ impl Budget {
         if rate.0 == 0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.at).as_nanos();
-        let refill = elapsed.saturating_mul(u128::from(rate.0)) / NANOS;
-        if refill > 0 {
-            let filled = u128::from(self.bytes).saturating_add(refill);
-            if filled >= u128::from(rate.0) {
-                self.bytes = rate.0;
-                self.at = now;
-            } else {
-                // Advance by exactly the time those bytes took, so that
-                // the fraction of a byte left over is not lost.
-                self.bytes = u64::try_from(filled).unwrap_or(rate.0);
-                let spent = refill.saturating_mul(NANOS) / u128::from(rate.0);
-                self.at += Duration::from_nanos(u64::try_from(spent).unwrap_or(u64::MAX));
-            }
-        }
-        let len = u64::try_from(len).unwrap_or(u64::MAX);
-        match self.bytes.checked_sub(len) {
+        let elapsed = now.saturating_duration_since(self.at);
+        self.at = now;
+        // A second or more refills it whole.
+        let nanos = if elapsed >= Duration::from_secs(1) {
+            NANOS
+        } else {
+            u64::from(elapsed.subsec_nanos())
+        };
+        self.nanobytes = self
+            .nanobytes
+            .saturating_add(nanos.saturating_mul(rate.0))
+            .min(rate.capacity());
+        let need = u64::try_from(len).unwrap_or(u64::MAX).saturating_mul(NANOS);
+        match self.nanobytes.checked_sub(need) {
             Some(left) => {
-                self.bytes = left;
+                self.nanobytes = left;
                 true
             }
             None => false,
