@@ -2071,8 +2071,8 @@ fn expired_rest_credentials_stop_every_method() {
 
 /// SECURITY.md §B: every byte sent is initialised. A peer's datagram is
 /// wrapped in place in a buffer that still holds other data (the harness
-/// fills it with 0xEE): the padding of the Data indication, and of
-/// ChannelData on a stream, must be zeros.
+/// fills it with 0xEE): the padding of the Data indication must be zeros.
+/// (ChannelData on a stream: `stream_channel_data_is_padded`.)
 #[test]
 fn padding_around_relayed_data_is_zeroed() {
     let mut h = Harness::new();
