@@ -192,9 +192,9 @@ fn churn_creates_and_deletes() {
 fn saturate_reports_steps_and_the_best() {
     let server = server();
     let addr = server.addr_for(Via::Udp).to_string();
-    // One allocation from 2000 pps: the ramp ends at the first step with
-    // 1 % loss or where the generator falls short, whichever the machine
-    // reaches; both are reported the same way.
+    // Two allocations from 20,000 pps each: the ramp ends at the first
+    // step with 1 % loss or where the generator falls short, whichever the
+    // machine reaches; after a loss, up to three steps bisect.
     let r = report(&[
         &addr,
         "--user",
