@@ -80,6 +80,85 @@ fn relay_both_ways(server: &ServerProcess, via: Via) {
 }
 
 #[test]
+fn two_relayed_clients_reach_each_other_inside_the_server() {
+    // One shard holds every allocation, so each datagram from one relayed
+    // client to another is handed over inside the server.
+    let mut args: Vec<&str> = loopback_args();
+    let threads = args.iter().position(|a| *a == "--threads").unwrap();
+    args[threads + 1] = "1";
+    args.extend(["--allow-peer", "127.0.0.0/8"]);
+    let server = ServerProcess::start_every_transport(&args);
+    let pairs = [
+        (Via::Udp, Via::Udp),
+        (Via::Tcp, Via::Udp),
+        (Via::Tls { alpn: true }, Via::Tcp),
+        (Via::Udp, Via::Tls { alpn: false }),
+    ];
+    let mut sent = 0;
+    for (via_a, via_b) in pairs {
+        let what = format!("{via_a:?} to {via_b:?}");
+        let mut a = server.client(via_a, "alice", "wonderland");
+        let mut b = server.client(via_b, "alice", "wonderland");
+        let (relayed_a, relayed_b) = (a.allocate(), b.allocate());
+        a.create_permission(&[relayed_b]).unwrap();
+
+        // B has no permission for A yet: the first datagram is dropped,
+        // inside the server as on the network.
+        a.send_indication(relayed_b, b"before the permission");
+        // A's next answer comes after its indication was handled.
+        assert_eq!(
+            a.request(Method::BINDING, &[]).msg().class(),
+            Class::Success
+        );
+        b.create_permission(&[relayed_a]).unwrap();
+        a.send_indication(relayed_b, b"after the permission");
+        sent += 2;
+        let got = b.recv(Duration::from_secs(5)).expect("a Data indication");
+        let msg = Message::parse(&got).unwrap();
+        assert_eq!(msg.method(), Method::DATA, "{what}");
+        assert_eq!(
+            msg.get(AttrType::XOR_PEER_ADDRESS),
+            Some(Ok(Attr::XorPeerAddress(relayed_a))),
+            "{what}: B sees A's relayed address"
+        );
+        assert_eq!(
+            msg.get(AttrType::DATA),
+            Some(Ok(Attr::Data(b"after the permission".as_slice()))),
+            "{what}"
+        );
+
+        // Channels both ways, of sizes that need padding on streams.
+        a.channel_bind(0x4001, relayed_b).unwrap();
+        b.channel_bind(0x7FFE, relayed_a).unwrap();
+        for i in 0..50u32 {
+            let payload: Vec<u8> = std::iter::repeat_n(i as u8, 1 + i as usize % 7).collect();
+            a.send_channel(0x4001, &payload);
+            let got = b.recv(Duration::from_secs(5)).expect("A's datagram");
+            let cd = channel_data::parse(&got).unwrap();
+            assert_eq!(
+                (cd.channel, cd.payload),
+                (0x7FFE, payload.as_slice()),
+                "{what}"
+            );
+            b.send_channel(0x7FFE, &payload);
+            let got = a.recv(Duration::from_secs(5)).expect("B's datagram");
+            let cd = channel_data::parse(&got).unwrap();
+            assert_eq!(
+                (cd.channel, cd.payload),
+                (0x4001, payload.as_slice()),
+                "{what}"
+            );
+            sent += 2;
+        }
+    }
+    // Every one of them went inside: none crossed the network.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    server.metrics_when(deadline, |m| {
+        metric(m, "turnpike_relayed_within_total") == sent
+    });
+}
+
+#[test]
 fn ipv6_clients_dual_allocations_and_ipv6_peers() {
     let args = [
         "--realm",

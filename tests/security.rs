@@ -583,20 +583,6 @@ fn authentication_is_always_on() {
     let _ = MessageType::new(Method::ALLOCATE, Class::Request);
 }
 
-/// The value of an unlabelled metric, or the sum over its labels.
-fn metric(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 /// Sends `count` unauthenticated Allocates from 127.0.0.2 as fast as one
 /// socket can; returns how many were answered and how long sending took.
 fn flood(target: SocketAddr, count: usize) -> (usize, Duration) {

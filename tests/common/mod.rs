@@ -1037,3 +1037,18 @@ pub fn config_file(text: &str) -> ConfigFile {
         _dir: dir,
     }
 }
+
+/// The value of a metric in Prometheus text: `name` unlabelled, the sum
+/// over its labels, or one sample when `name` carries them.
+pub fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}

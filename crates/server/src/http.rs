@@ -34,6 +34,8 @@ pub struct ShardReport {
     pub allocations: [usize; 3],
     pub tls_handshakes: u64,
     pub tls_failures: u64,
+    /// Datagrams relayed from one allocation to another inside a shard.
+    pub relayed_within: u64,
     pub connections: usize,
 }
 
@@ -369,6 +371,13 @@ impl Collector for Collected {
             "turnpike_connections",
             "TCP and TLS connections open",
             shards.iter().map(|s| count(s.connections)).sum(),
+        )?;
+        single(
+            &mut encoder,
+            Kind::Counter,
+            "turnpike_relayed_within",
+            "Datagrams a client sent to another allocation of the same shard, handed over without crossing the network",
+            sum(|s| s.relayed_within),
         )?;
         single(
             &mut encoder,

@@ -3,6 +3,7 @@
 //! unpredictable ports; a scan of the range finds nothing to aim at).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::{Rc, Weak};
@@ -117,7 +118,32 @@ pub(crate) struct RelayInner {
     /// The bound address.
     pub(crate) local: SocketAddr,
     task: RefCell<Option<AbortHandle>>,
+    /// The shard's table of its UDP relays, which this one leaves when it
+    /// closes.
+    listed: Option<LocalRelays>,
     _lease: PortLease,
+}
+
+/// A shard's UDP relay sockets by bound address: a datagram one of its
+/// allocations sends to another of its allocations is handed over inside
+/// the shard instead of crossing the kernel twice.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LocalRelays(Rc<RefCell<HashMap<SocketAddr, AllocationId>>>);
+
+impl LocalRelays {
+    /// The allocation whose relay is bound at `addr`, on this shard.
+    #[inline]
+    pub(crate) fn get(&self, addr: &SocketAddr) -> Option<AllocationId> {
+        self.0.borrow().get(addr).copied()
+    }
+
+    fn insert(&self, addr: SocketAddr, id: AllocationId) {
+        self.0.borrow_mut().insert(addr, id);
+    }
+
+    fn remove(&self, addr: &SocketAddr) {
+        self.0.borrow_mut().remove(addr);
+    }
 }
 
 /// What a relay carries.
@@ -175,6 +201,15 @@ impl Drop for RelaySocket {
     }
 }
 
+impl Drop for RelayInner {
+    fn drop(&mut self) {
+        // Before the lease frees the port for another relay.
+        if let Some(listed) = &self.listed {
+            listed.remove(&self.local);
+        }
+    }
+}
+
 /// Binds relay sockets for one shard: UDP relays join the shard's epoll
 /// set, TCP relays get an acceptor task.
 #[derive(Debug)]
@@ -183,6 +218,8 @@ pub(crate) struct Binder {
     ipv6: Option<IpAddr>,
     pool: Arc<Mutex<PortPool>>,
     epoll: Rc<Epoll>,
+    /// This shard's UDP relays, by bound address.
+    pub(crate) local: LocalRelays,
     /// The shard the tasks deliver to; set once the shard exists.
     pub(crate) shard: Weak<RefCell<Shard>>,
 }
@@ -194,6 +231,7 @@ impl Binder {
             ipv6: addresses.iter().copied().find(IpAddr::is_ipv6),
             pool,
             epoll,
+            local: LocalRelays::default(),
             shard: Weak::new(),
         }
     }
@@ -208,11 +246,13 @@ impl Binder {
         self.epoll
             .add(&socket, id.get())
             .map_err(|_| BindError::Failed)?;
+        self.local.insert(local, id);
         Ok(RelaySocket {
             inner: Rc::new(RelayInner {
                 kind: RelayKind::Udp(socket),
                 local,
                 task: RefCell::new(None),
+                listed: Some(self.local.clone()),
                 _lease: lease,
             }),
         })
@@ -232,6 +272,7 @@ impl Binder {
             kind: RelayKind::Tcp { closed },
             local,
             task: RefCell::new(None),
+            listed: None,
             _lease: lease,
         });
         let task = tokio::task::spawn_local(tcp_relay::accept_peers(

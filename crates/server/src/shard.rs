@@ -34,7 +34,7 @@ use turnpike_turn::{
 
 use crate::http::{Reports, ShardReport};
 use crate::listener::{Listener, SendQueue};
-use crate::relay::{Binder, PortPool, ReservedPort};
+use crate::relay::{Binder, LocalRelays, PortPool, ReservedPort};
 use crate::stream::{self, Outbound, StreamListener};
 use crate::sys::{self, Epoll, Ready, Received, SharedEpoll};
 use crate::tcp_relay::{self, Parked};
@@ -72,6 +72,12 @@ pub(crate) struct Shard {
     pub(crate) parked: Parked,
     pub(crate) streams: StreamCounters,
     reports: Arc<Reports>,
+    /// The relay IPs, and this shard's UDP relays on them: what a client
+    /// sends to another allocation of the shard is handed over here.
+    relay_ips: Vec<std::net::IpAddr>,
+    local_relays: LocalRelays,
+    /// Datagrams handed from one allocation to another inside the shard.
+    relayed_within: u64,
     /// Answers to clients are written here.
     reply: Box<[u8]>,
     /// Peer datagrams land here, [`PEER_SLOT`] bytes each, after room for
@@ -152,6 +158,7 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
     let queues = listeners.iter().map(|_| SendQueue::new()).collect();
     let ready = SharedEpoll(Rc::clone(&epoll)).watch()?;
     let mut relays = Binder::new(&relay_ips, pool, epoll);
+    let local_relays = relays.local.clone();
     let batch = quinn_udp::BATCH_SIZE;
     let now = Instant::now();
     let shard = Rc::new_cyclic(|me: &Weak<RefCell<Shard>>| {
@@ -166,6 +173,9 @@ async fn run(setup: ShardSetup) -> io::Result<()> {
             parked,
             streams: StreamCounters::default(),
             reports,
+            relay_ips,
+            local_relays,
+            relayed_within: 0,
             reply: vec![0; 2048].into_boxed_slice(),
             peer_buf: vec![0; PEER_SLOT * PEER_BATCH].into_boxed_slice(),
             peer_got: [Received::EMPTY; PEER_BATCH],
@@ -291,13 +301,18 @@ impl Shard {
             server,
             listeners,
             queues,
+            connections,
+            relay_ips,
+            local_relays,
+            relayed_within,
             reply,
+            peer_buf,
             rx,
             rx_meta,
             send_errors,
             ..
         } = self;
-        let (Some(listener), Some(queue)) = (listeners.get(index), queues.get_mut(index)) else {
+        let Some(listener) = listeners.get(index) else {
             return false;
         };
         let mut chunks = rx.chunks_mut(RX_SLOT);
@@ -334,11 +349,29 @@ impl Shard {
                     Output::None => {}
                     Output::Reply(len) => {
                         let answer = reply.get(..len).unwrap_or_default();
-                        *send_errors += queue.push(listener, meta.addr, server_ip, answer);
+                        if let Some(queue) = queues.get_mut(index) {
+                            *send_errors += queue.push(listener, meta.addr, server_ip, answer);
+                        }
                     }
                     Output::ToPeer { socket, peer, data } => {
-                        if socket.send_to(data, peer).is_err() {
-                            *send_errors += 1;
+                        match local_relay(relay_ips, local_relays, peer) {
+                            Some(to) => {
+                                let from = socket.local();
+                                let len = stage(peer_buf, data);
+                                *relayed_within += 1;
+                                let Some(out) = server.handle_peer(now, to, from, peer_buf, len)
+                                else {
+                                    continue;
+                                };
+                                let framed = peer_buf.get(out.range).unwrap_or_default();
+                                *send_errors +=
+                                    to_client(listeners, queues, connections, &out.tuple, framed);
+                            }
+                            None => {
+                                if socket.send_to(data, peer).is_err() {
+                                    *send_errors += 1;
+                                }
+                            }
                         }
                     }
                     // RFC 6062 runs over streams only: the server
@@ -399,20 +432,7 @@ impl Shard {
                 continue;
             };
             let data = slot.get(out.range).unwrap_or_default();
-            if out.tuple.transport.is_stream() {
-                if let Some(conn) = connections.get(&out.tuple) {
-                    conn.push(data);
-                }
-                continue;
-            }
-            let Some((listener, queue)) = listeners
-                .iter()
-                .zip(queues.iter_mut())
-                .find(|(l, _)| l.serves(out.tuple.server))
-            else {
-                continue;
-            };
-            *send_errors += queue.push(listener, out.tuple.client, out.tuple.server.ip(), data);
+            *send_errors += to_client(listeners, queues, connections, &out.tuple, data);
         }
         full
     }
@@ -437,8 +457,35 @@ impl Shard {
                 out.push(self.reply.get(..len).unwrap_or_default());
             }
             Output::ToPeer { socket, peer, data } => {
-                if socket.send_to(data, peer).is_err() {
-                    self.send_errors += 1;
+                match local_relay(&self.relay_ips, &self.local_relays, peer) {
+                    Some(to) => {
+                        let from = socket.local();
+                        let len = stage(&mut self.peer_buf, data);
+                        self.relayed_within += 1;
+                        if let Some(out) =
+                            self.server
+                                .handle_peer(now, to, from, &mut self.peer_buf, len)
+                        {
+                            let framed = self.peer_buf.get(out.range).unwrap_or_default();
+                            self.send_errors += to_client(
+                                &self.listeners,
+                                &mut self.queues,
+                                &self.connections,
+                                &out.tuple,
+                                framed,
+                            );
+                            // A stream message is not part of a UDP round:
+                            // what it queued for UDP clients leaves now.
+                            for (listener, queue) in self.listeners.iter().zip(&mut self.queues) {
+                                self.send_errors += queue.flush(listener);
+                            }
+                        }
+                    }
+                    None => {
+                        if socket.send_to(data, peer).is_err() {
+                            self.send_errors += 1;
+                        }
+                    }
                 }
             }
             Output::Connect { socket, request } => {
@@ -507,6 +554,7 @@ impl Shard {
                 allocations: self.server.allocations_by_transport(),
                 tls_handshakes: self.streams.tls_handshakes,
                 tls_failures: self.streams.tls_failures,
+                relayed_within: self.relayed_within,
                 connections: self.connections.len() + self.streams.joined,
             },
         );
@@ -561,6 +609,56 @@ impl Shard {
             }
         }
     }
+}
+
+/// The allocation of this shard whose UDP relay is bound at `peer`, if
+/// any. Most peers are not on a relay IP, and are told apart by comparing
+/// one or two addresses.
+#[inline]
+fn local_relay(
+    relay_ips: &[std::net::IpAddr],
+    local: &LocalRelays,
+    peer: SocketAddr,
+) -> Option<AllocationId> {
+    if relay_ips.contains(&peer.ip()) {
+        local.get(&peer)
+    } else {
+        None
+    }
+}
+
+/// Puts `data` in the first peer slot of `peer_buf`, where a datagram
+/// read from a relay socket would be; returns its length.
+fn stage(peer_buf: &mut [u8], data: &[u8]) -> usize {
+    let len = data.len().min(MAX_PEER_PAYLOAD);
+    if let Some(slot) = peer_buf.get_mut(PEER_HEADROOM..PEER_HEADROOM + len) {
+        slot.copy_from_slice(data.get(..len).unwrap_or_default());
+    }
+    len
+}
+
+/// Sends `data`, a relayed datagram framed for its client, to the client
+/// of `tuple`; returns the number of send errors.
+fn to_client(
+    listeners: &[Listener],
+    queues: &mut [SendQueue],
+    connections: &HashMap<FiveTuple, Rc<Outbound>>,
+    tuple: &FiveTuple,
+    data: &[u8],
+) -> u64 {
+    if tuple.transport.is_stream() {
+        if let Some(conn) = connections.get(tuple) {
+            conn.push(data);
+        }
+        return 0;
+    }
+    listeners
+        .iter()
+        .zip(queues.iter_mut())
+        .find(|(l, _)| l.serves(tuple.server))
+        .map_or(0, |(listener, queue)| {
+            queue.push(listener, tuple.client, tuple.server.ip(), data)
+        })
 }
 
 fn unix_now() -> u64 {
