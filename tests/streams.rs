@@ -440,6 +440,44 @@ fn connections_per_source_are_capped() {
     }
 }
 
+/// `limits.max_message_size`: a datagram above it is dropped, a stream
+/// that announces a message above it is closed; messages up to it pass.
+#[test]
+fn messages_above_the_size_limit_are_dropped_or_close_the_stream() {
+    let config = config_file("[limits]\nmax_message_size = 1200\n");
+    let mut args = loopback_args();
+    args.extend(["--allow-peer", "127.0.0.0/8", "--config", &config.path]);
+    let server = ServerProcess::start_every_transport(&args);
+    let peer = echo_peer(100);
+    let echoed = |client: &mut TurnClient| {
+        let got = client.recv(Duration::from_secs(5)).expect("an echo");
+        channel_data::parse(&got).unwrap().payload.len()
+    };
+    for via in EVERY_TRANSPORT {
+        let mut client = server.client(via, "alice", "wonderland");
+        client.allocate();
+        client.channel_bind(0x4000, peer).unwrap();
+        // 4 + 1196 bytes: exactly the limit, on a stream too (no padding).
+        client.send_channel(0x4000, &[1; 1196]);
+        assert_eq!(echoed(&mut client), 1196, "{via:?}");
+        // 1201 bytes as a datagram, 1204 with a stream's padding.
+        client.send_channel(0x4000, &[2; 1197]);
+        if via == Via::Udp {
+            client.send_channel(0x4000, &[3; 10]);
+            assert_eq!(echoed(&mut client), 10, "the large one was dropped");
+        } else {
+            assert!(
+                client.closed_within(Duration::from_secs(5)),
+                "{via:?}: the connection stayed open"
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    server.metrics_when(deadline, |m| {
+        metric(m, "turnpike_oversized_messages_total") == 4
+    });
+}
+
 /// SECURITY.md "Defaults to ship": TLS 1.2 or later. A client that offers
 /// only TLS 1.0 or 1.1 gets no session; TLS 1.2 and 1.3 do (so that the
 /// refusals are about the version, not the tool).

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use turnpike_turn::cidr::IpNet;
+use turnpike_turn::stun::framing::MAX_FRAME;
 
 /// The state directory when none is configured.
 pub const DEFAULT_STATE_DIR: &str = "./turnpike-data";
@@ -431,6 +432,7 @@ struct LimitsSection {
     unauthenticated_per_second: Option<u32>,
     unauthenticated_burst: Option<toml::Spanned<u32>>,
     bandwidth_kbps: Option<toml::Spanned<u64>>,
+    max_message_size: Option<toml::Spanned<usize>>,
     connections: Option<toml::Spanned<usize>>,
     connections_per_source: Option<toml::Spanned<usize>>,
     handshake_timeout: Option<toml::Spanned<u64>>,
@@ -484,6 +486,10 @@ impl Default for StreamLimits {
         }
     }
 }
+
+/// The smallest `limits.max_message_size`: RFC 8489 §6.1 has every agent
+/// take a 576-byte IPv4 datagram, which leaves 548 bytes for the message.
+const MIN_MESSAGE_SIZE: usize = 548;
 
 /// The largest `limits.bandwidth_kbps`: 100 Gbit/s.
 const MAX_BANDWIDTH_KBPS: u64 = 100_000_000;
@@ -766,6 +772,19 @@ impl Config {
                 }
                 Some(b) => *b.get_ref() * 1000 / 8,
                 None => defaults.bandwidth_bytes_per_second,
+            },
+            max_message_size: match &l.max_message_size {
+                Some(m) if !(MIN_MESSAGE_SIZE..=MAX_FRAME).contains(m.get_ref()) => {
+                    return Err(Located::at(
+                        m,
+                        "limits.max_message_size",
+                        format!(
+                            "must be between {MIN_MESSAGE_SIZE} (the smallest datagram a STUN agent must take) and {MAX_FRAME} (the largest message there is)"
+                        ),
+                    ));
+                }
+                Some(m) => *m.get_ref(),
+                None => defaults.max_message_size,
             },
         };
 
@@ -1342,6 +1361,14 @@ deny = []
             (
                 "[limits]\nallocations = 0\n",
                 "turnpike.toml:2: limits.allocations: must be at least 1",
+            ),
+            (
+                "[limits]\nmax_message_size = 547\n",
+                "turnpike.toml:2: limits.max_message_size: must be between 548 (",
+            ),
+            (
+                "[limits]\nmax_message_size = 65556\n",
+                "turnpike.toml:2: limits.max_message_size: must be between 548 (the smallest datagram a STUN agent must take) and 65555 (",
             ),
             ("realm = \n", "turnpike.toml:1: "),
             (

@@ -389,6 +389,13 @@ impl Collector for Collected {
         single(
             &mut encoder,
             Kind::Counter,
+            "turnpike_oversized_messages",
+            "Messages above limits.max_message_size: datagrams dropped, streams closed",
+            sum(|s| s.stats.oversized),
+        )?;
+        single(
+            &mut encoder,
+            Kind::Counter,
             "turnpike_rate_limited",
             "Answers to unauthenticated requests withheld by the rate limit",
             sum(|s| s.stats.rate_limited),

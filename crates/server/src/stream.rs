@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
-use turnpike_turn::stun::framing::Deframer;
+use turnpike_turn::stun::framing::{Deframer, FrameError};
 use turnpike_turn::{ConnectionId, FiveTuple, Transport};
 
 use crate::config::StreamLimits;
@@ -412,16 +412,23 @@ async fn read_messages<R: AsyncRead + Unpin>(
     out: &Outbound,
     limits: StreamLimits,
 ) -> io::Result<Option<(ConnectionId, Vec<u8>)>> {
-    let mut frames = Deframer::new();
+    let mut frames = match shard.upgrade() {
+        Some(s) => {
+            Deframer::with_limit(s.borrow().server.shared().config().limits.max_message_size)
+        }
+        None => return Ok(None),
+    };
     // Until its first message is in, a connection is half-open.
     let mut deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     loop {
         // Every complete message in the buffer, in order.
         let mut took = false;
-        while let Some(message) = frames
-            .next_message()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
+        while let Some(message) = frames.next_message().map_err(|e| {
+            if let (FrameError::TooLarge { .. }, Some(s)) = (e, shard.upgrade()) {
+                s.borrow_mut().server.count_oversized();
+            }
+            io::Error::new(io::ErrorKind::InvalidData, e)
+        })? {
             took = true;
             let Some(s) = shard.upgrade() else {
                 return Ok(None);

@@ -41,19 +41,55 @@ pub fn frame_len(head: &[u8]) -> Result<Option<usize>, NotTurn> {
     }
 }
 
-/// Splits a byte stream into whole messages, in a buffer of
-/// [`MAX_FRAME`] bytes: bytes go in through [`Deframer::room`] and
-/// [`Deframer::filled`], whole messages come out of [`Deframer::next_message`].
+/// Why a stream cannot be read on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The stream does not carry TURN.
+    NotTurn,
+    /// A message announces `len` bytes, more than the `limit` taken.
+    TooLarge { len: usize, limit: usize },
+}
+
+impl From<NotTurn> for FrameError {
+    fn from(_: NotTurn) -> Self {
+        Self::NotTurn
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotTurn => NotTurn.fmt(f),
+            Self::TooLarge { len, limit } => {
+                write!(f, "a message of {len} bytes, above the limit of {limit}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// What a deframer's buffer starts at: a media packet with its TURN
+/// framing, and any request, fit.
+pub const INITIAL_BUFFER: usize = 2048;
+
+/// Splits a byte stream into whole messages: bytes go in through
+/// [`Deframer::room`] and [`Deframer::filled`], whole messages come out of
+/// [`Deframer::next_message`].
 ///
-/// The buffer never grows: any one message fits it, so whatever a peer
-/// declares, a connection holds at most `MAX_FRAME` bytes.
+/// The buffer starts at [`INITIAL_BUFFER`] bytes and grows only when a
+/// message announces more, never past the limit: whatever a peer
+/// declares, a connection holds at most `limit` bytes, and an idle one
+/// holds 2 KiB.
 #[derive(Debug)]
 pub struct Deframer {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     /// Where the first byte not yet handed out is.
     start: usize,
     /// How many bytes of `buf` hold data.
     filled: usize,
+    /// The largest message taken, padding included.
+    limit: usize,
 }
 
 impl Default for Deframer {
@@ -63,22 +99,39 @@ impl Default for Deframer {
 }
 
 impl Deframer {
+    /// A deframer that takes any message the protocol allows.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_limit(MAX_FRAME)
+    }
+
+    /// A deframer that takes messages of up to `limit` bytes (at most
+    /// [`MAX_FRAME`], at least [`HEADER_LEN`]); a larger one is an error.
+    #[must_use]
+    pub fn with_limit(limit: usize) -> Self {
+        let limit = limit.clamp(HEADER_LEN, MAX_FRAME);
         Self {
-            buf: vec![0; MAX_FRAME].into_boxed_slice(),
+            buf: vec![0; INITIAL_BUFFER.min(limit)],
             start: 0,
             filled: 0,
+            limit,
         }
     }
 
     /// The next whole message, or `None` until more bytes come; an error
-    /// when the stream is not TURN (the connection cannot recover).
-    pub fn next_message(&mut self) -> Result<Option<&[u8]>, NotTurn> {
+    /// when the stream is not TURN or a message is above the limit (the
+    /// connection cannot recover).
+    pub fn next_message(&mut self) -> Result<Option<&[u8]>, FrameError> {
         let pending = self.buf.get(self.start..self.filled).unwrap_or_default();
         let Some(len) = frame_len(pending)? else {
             return Ok(None);
         };
+        if len > self.limit {
+            return Err(FrameError::TooLarge {
+                len,
+                limit: self.limit,
+            });
+        }
         let Some(message) = pending.get(..len) else {
             return Ok(None);
         };
@@ -87,13 +140,22 @@ impl Deframer {
     }
 
     /// Space to read the next bytes into, after moving what is pending to
-    /// the front. Never empty while [`Deframer::next_message`] has nothing to give:
-    /// a message is at most `MAX_FRAME` bytes.
+    /// the front, and growing the buffer if the message begun needs more.
+    /// Never empty while [`Deframer::next_message`] has nothing to give.
     pub fn room(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.filled, 0);
             self.filled -= self.start;
             self.start = 0;
+        }
+        if self.filled == self.buf.len()
+            && let Ok(Some(len)) = frame_len(self.buf.get(..self.filled).unwrap_or_default())
+            && len > self.buf.len()
+        {
+            // Doubling, to what the message needs at least, to the limit
+            // at most (a message above it was refused already).
+            let grown = len.max(self.buf.len() * 2).min(self.limit);
+            self.buf.resize(grown, 0);
         }
         self.buf.get_mut(self.filled..).unwrap_or_default()
     }
@@ -108,6 +170,12 @@ impl Deframer {
     pub fn rest(&self) -> &[u8] {
         self.buf.get(self.start..self.filled).unwrap_or_default()
     }
+
+    /// The buffer's size now.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 #[cfg(test)]
@@ -116,8 +184,15 @@ mod tests {
 
     /// Feeds `stream` to a deframer `chunk` bytes at a time; returns the
     /// messages, and the error if the stream turned out not to be TURN.
-    fn deframe(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<NotTurn>) {
-        let mut d = Deframer::new();
+    fn deframe(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<FrameError>) {
+        deframe_with(Deframer::new(), stream, chunk)
+    }
+
+    fn deframe_with(
+        mut d: Deframer,
+        stream: &[u8],
+        chunk: usize,
+    ) -> (Vec<Vec<u8>>, Option<FrameError>) {
         let mut out = Vec::new();
         let mut at = 0;
         loop {
@@ -165,7 +240,56 @@ mod tests {
         stream.extend_from_slice(&[0x16, 0x03, 0x01, 0x00]);
         let (messages, err) = deframe(&stream, 5);
         assert_eq!(messages.len(), 1);
-        assert_eq!(err, Some(NotTurn));
+        assert_eq!(err, Some(FrameError::NotTurn));
+    }
+
+    #[test]
+    fn the_buffer_grows_to_what_a_message_needs_and_no_further() {
+        let small = [0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0];
+        let mut big = vec![0x40, 0x01, 0x0F, 0xFC];
+        big.extend(std::iter::repeat_n(9, 0x0FFC));
+        let stream = [small.as_slice(), &big, &small].concat();
+        for chunk in [1, 1000, 5000] {
+            let mut d = Deframer::new();
+            assert_eq!(d.capacity(), INITIAL_BUFFER);
+            let mut at = 0;
+            let mut lens = Vec::new();
+            while at < stream.len() {
+                let room = d.room();
+                let n = chunk.min(room.len()).min(stream.len() - at);
+                room[..n].copy_from_slice(&stream[at..at + n]);
+                d.filled(n);
+                at += n;
+                while let Some(m) = d.next_message().unwrap() {
+                    lens.push(m.len());
+                }
+            }
+            assert_eq!(lens, [12, 0x1000, 12], "chunks of {chunk}");
+            // 2048 doubled is 4096, exactly the large message.
+            assert_eq!(d.capacity(), 0x1000, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_message_above_the_limit_is_refused_before_it_is_read() {
+        let limit = 1500;
+        let mut stream = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        stream.extend_from_slice(&[7; 12]);
+        // ChannelData of 1496 bytes is exactly 1500: taken.
+        stream.extend_from_slice(&[0x40, 0x00, 0x05, 0xD8]);
+        stream.extend(std::iter::repeat_n(1, 1496));
+        // A STUN message of 20 + 1484 = 1504 bytes is not.
+        stream.extend_from_slice(&[0x00, 0x03, 0x05, 0xCC]);
+        for chunk in [1, 4, 1000, 3000] {
+            let (messages, err) = deframe_with(Deframer::with_limit(limit), &stream, chunk);
+            let lens: Vec<usize> = messages.iter().map(Vec::len).collect();
+            assert_eq!(lens, [20, 1500], "chunks of {chunk}");
+            assert_eq!(err, Some(FrameError::TooLarge { len: 1504, limit }));
+        }
+        let d = Deframer::with_limit(limit);
+        assert!(d.capacity() <= limit);
+        assert_eq!(Deframer::with_limit(0).limit, HEADER_LEN);
+        assert_eq!(Deframer::with_limit(usize::MAX).limit, MAX_FRAME);
     }
 
     #[test]

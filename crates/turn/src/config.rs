@@ -59,6 +59,10 @@ pub struct Limits {
     /// direction, in bursts of up to one second's worth; beyond it,
     /// datagrams are dropped and counted. 0 turns the limit off.
     pub bandwidth_bytes_per_second: u64,
+    /// The largest message a client may send, in bytes (over a stream,
+    /// ChannelData padding included); a larger datagram is dropped, and
+    /// a stream that announces one is closed.
+    pub max_message_size: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +76,8 @@ impl Default for Limits {
             unauthenticated_burst: 100,
             // 25 Mbit/s each way: several HD video streams.
             bandwidth_bytes_per_second: 25_000_000 / 8,
+            // Any message the protocol allows.
+            max_message_size: turnpike_stun::framing::MAX_FRAME,
         }
     }
 }

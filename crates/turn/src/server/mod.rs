@@ -201,6 +201,9 @@ pub enum Event {
 pub struct Stats {
     /// Messages that were neither valid STUN nor ChannelData.
     pub malformed: u64,
+    /// Messages above `limits.max_message_size`: datagrams dropped, and
+    /// streams closed.
+    pub oversized: u64,
     /// Answers to unauthenticated requests withheld by the rate limit.
     pub rate_limited: u64,
     /// Binding requests answered.
@@ -440,6 +443,13 @@ impl<R: Relays> Server<R> {
         }
     }
 
+    /// Counts a stream closed because it announced a message above
+    /// `limits.max_message_size` (the runtime's deframer refuses it
+    /// before it is read).
+    pub fn count_oversized(&mut self) {
+        self.stats.oversized += 1;
+    }
+
     /// Ends every allocation (shutdown).
     pub fn close_all(&mut self, now: Instant) {
         let ids: Vec<AllocationId> = self.by_tuple.values().copied().collect();
@@ -457,6 +467,10 @@ impl<R: Relays> Server<R> {
         data: &'a [u8],
         out: &mut [u8],
     ) -> Output<'a, R::Socket> {
+        if data.len() > self.shared.config.limits.max_message_size {
+            self.stats.oversized += 1;
+            return Output::None;
+        }
         match FirstByte::of(data) {
             FirstByte::ChannelData => self.channel_data(now, &tuple, data),
             FirstByte::Stun => match Message::parse(data) {
