@@ -497,6 +497,44 @@ mod tests {
         }
     }
 
+    /// SECURITY.md §C: relay ports are drawn at random, not handed out in
+    /// order. 200 relays from a range of 1,000 ports land in every tenth of
+    /// it (the chance that a tenth stays empty by luck is 10 × 0.9^200,
+    /// below 10^-8), and few follow the previous one.
+    #[test]
+    fn relay_ports_are_unpredictable() {
+        let ip: IpAddr = "127.0.0.78".parse().unwrap();
+        let range: PortRange = "62000-62999".parse().unwrap();
+        let pool = Arc::new(Mutex::new(PortPool::new(range)));
+        let mut binder = Binder::new(&[ip], pool, Rc::new(Epoll::new().unwrap()));
+        let mut relays = Vec::new();
+        for i in 0..200u64 {
+            let request = BindRequest {
+                id: AllocationId::from_raw(i),
+                family: turnpike_turn::stun::Family::V4,
+                even_port: false,
+                reserve_next: false,
+                dont_fragment: false,
+                tcp: false,
+            };
+            relays.push(binder.bind(&request).unwrap());
+        }
+        let ports: Vec<u16> = relays.iter().map(|r| r.addr.port()).collect();
+        for tenth in 0..10 {
+            let low = 62_000 + tenth * 100;
+            assert!(
+                ports.iter().any(|p| (low..low + 100).contains(p)),
+                "no relay port in {low}..{}: {ports:?}",
+                low + 100
+            );
+        }
+        let in_sequence = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(
+            in_sequence < 20,
+            "{in_sequence} of 200 ports follow the previous one"
+        );
+    }
+
     #[test]
     fn pool_hands_out_free_ports_with_parity() {
         let range: PortRange = "40000-40009".parse().unwrap();

@@ -534,4 +534,24 @@ mod tests {
             vec!["turn:[2001:db8::1]:3478?transport=udp"]
         );
     }
+
+    /// SECURITY.md §C: the nonce key and the shards' seeds are drawn
+    /// afresh from the operating system's CSPRNG each time: two draws
+    /// never repeat, and no byte position is stuck.
+    #[test]
+    fn keys_are_drawn_afresh_each_time() {
+        let draws: Vec<[u8; 32]> = (0..64).map(|_| random()).collect();
+        for (i, a) in draws.iter().enumerate() {
+            for b in &draws[i + 1..] {
+                assert_ne!(a, b, "a key repeated");
+            }
+        }
+        for position in 0..32 {
+            let first = draws[0][position];
+            assert!(
+                draws.iter().any(|d| d[position] != first),
+                "byte {position} is the same in 64 keys"
+            );
+        }
+    }
 }
