@@ -4,8 +4,8 @@
 Deterministic: running it again writes the same files. The seeds are
 messages a TURN server meets (the RFC 5769 test vectors, requests and
 answers of every TURN method, signed and unsigned, ChannelData, TCP
-streams of several messages) and configuration files; the fuzzer mutates
-from there.
+streams of several messages), configuration files and requirement
+profiles; the fuzzer mutates from there.
 """
 
 import hashlib
@@ -224,6 +224,35 @@ def config_seeds():
     }
 
 
+def profile_seeds():
+    """The example requirement profiles, and a few broken ones."""
+    d = os.path.join(HERE, "..", "profiles")
+    seeds = {}
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".toml"):
+            with open(os.path.join(d, name), "rb") as f:
+                seeds[name[: -len(".toml")]] = f.read()
+    head = b'[profile]\nname = "x"\nsource = "y"\n'
+    endpoint = b'[[endpoint]]\nid = "media"\nkind = "udp-range"\nhost = "192.0.2.1"\n'
+    seeds.update(
+        {
+            "bad-empty": b"",
+            "bad-no-endpoint": head,
+            "bad-reversed-range": head + endpoint + b'ports = "20000-10000"\n',
+            "bad-wildcard-host": head + endpoint.replace(b"192.0.2.1", b"*.example.com") + b'ports = "1-2"\n',
+            "bad-dangling-fallback": head
+            + endpoint
+            + b'ports = "5"\n[[endpoint]]\nid = "t"\nkind = "turn-tls"\nhost = "t.example"\nport = 443\nfallback_for = ["medai"]\n',
+            "bad-threshold": head
+            + endpoint
+            + b'ports = "5"\n[thresholds]\nloss_pct = { max = 150, source = "" }\nrtt_ms = { min = nan }\n',
+            "bad-syntax": head + b"[[endpoint]\nport = 44 3\n",
+            "bad-types": head + b'[[endpoint]]\nid = 1\nport = "443"\nrequired = "yes"\n',
+        }
+    )
+    return seeds
+
+
 def write(target, seeds):
     d = os.path.join(OUT, target)
     shutil.rmtree(d, ignore_errors=True)
@@ -246,6 +275,7 @@ def main():
     write("stream_framing", stream)
     write("turn_server", {**stun, **cd})
     write("config", config_seeds())
+    write("profile", profile_seeds())
 
 
 if __name__ == "__main__":
