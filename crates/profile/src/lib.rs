@@ -19,6 +19,7 @@ mod error;
 mod host;
 mod parse;
 mod ports;
+mod published;
 mod thresholds;
 mod validate;
 
@@ -31,6 +32,7 @@ pub use assess::{Assessment, EndpointReach, Reach, Verdict};
 pub use endpoint::{Endpoint, Kind};
 pub use error::{EndpointRef, ProfileError};
 pub use ports::{PortRange, PortRangeError};
+pub use published::{CheckCredentials, Probe, Published};
 pub use thresholds::{Bound, LowerLimit, Thresholds, UpperLimit};
 
 /// The most endpoints a profile may list.
