@@ -52,6 +52,18 @@ enum Command {
     /// base64(HMAC-SHA1(secret, user name)). Any service holding the secret
     /// can mint them the same way.
     Credentials(CredentialsArgs),
+    /// Check what this network lets through for a real-time service, and
+    /// name the firewall rule to change for what it blocks.
+    ///
+    /// Against a turnpike server: `turnpike check https://turn.example.com`
+    /// fetches the server's profile (and test credentials, when it hands
+    /// them out) from URL/api/v1/profile. Against any service:
+    /// `turnpike check --profile FILE` (see profiles/). Every check runs at
+    /// once, within --timeout.
+    ///
+    /// Exit status: 0 ready (direct UDP works), 1 degraded (only a fallback
+    /// such as TURN over TLS works), 2 blocked, 3 for a bad flag or profile.
+    Check(CheckArgs),
     /// Load a TURN server and measure it: allocation setup rate, relayed
     /// packets per second, loss, latency, and the server's CPU and memory.
     ///
@@ -225,13 +237,221 @@ struct BenchArgs {
     ca: Option<PathBuf>,
 }
 
+/// `turnpike check`'s exit status for a bad flag or profile (0 to 2 are
+/// verdicts).
+const EXIT_CHECK_USAGE: u8 = 3;
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// A turnpike server's base URL: https://HOST[:PORT] (or http:// for a
+    /// plain HTTP listener).
+    #[arg(value_name = "URL", required_unless_present = "profile")]
+    url: Option<String>,
+    /// A requirement profile (TOML) to check instead of a server's.
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
+    profile: Option<PathBuf>,
+    /// TURN user name, for allocations and relayed round trips.
+    #[arg(long, value_name = "NAME", requires = "password")]
+    user: Option<String>,
+    /// TURN password (or set TURNPIKE_PASSWORD).
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "TURNPIKE_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    password: Option<String>,
+    /// Seconds the whole check may take.
+    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
+    timeout: f64,
+    /// The report as JSON on standard output, instead of the text.
+    #[arg(long)]
+    json: bool,
+    /// Also write the report as JUnit XML, for CI pipelines.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let code = if !e.use_stderr() {
+                0
+            } else if std::env::args().nth(1).as_deref() == Some("check") {
+                EXIT_CHECK_USAGE
+            } else {
+                EXIT_USAGE
+            };
+            return ExitCode::from(code);
+        }
+    };
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Credentials(args) => credentials(&args),
+        Command::Check(args) => check(&args),
         Command::Bench(args) => bench(&args),
     }
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    use std::io::IsTerminal as _;
+    use turnpike_check::report::{Check, Report, Status, Verdict};
+    use turnpike_check::{Plan, Progress, fetch, render};
+
+    let usage = |m: &str| {
+        eprintln!("turnpike check: {m}");
+        ExitCode::from(EXIT_CHECK_USAGE)
+    };
+    let budget = match std::time::Duration::try_from_secs_f64(args.timeout) {
+        Ok(d) if (1.0..=600.0).contains(&args.timeout) => d,
+        _ => return usage("--timeout must be between 1 and 600 seconds"),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage(&format!("cannot start: {e}")),
+    };
+    let credentials = args.user.clone().zip(args.password.clone());
+    let started = std::time::Instant::now();
+    let plan = match (&args.profile, &args.url) {
+        (Some(path), _) => match turnpike_profile::Profile::load(path) {
+            Ok(profile) => Plan {
+                profile,
+                target: path.display().to_string(),
+                credentials,
+                tls_issuer: None,
+                budget,
+                proxy: turnpike_check::Proxy::from_env(),
+            },
+            Err(e) => return usage(&e.to_string()),
+        },
+        (None, Some(url)) => {
+            let base = match fetch::BaseUrl::parse(url) {
+                Ok(b) => b,
+                Err(e) => return usage(&e),
+            };
+            // A third of the time to fetch the profile; the rest is the
+            // checks'.
+            let deadline = tokio::time::Instant::now() + budget / 3;
+            match runtime.block_on(fetch::published(&base, deadline)) {
+                Ok((published, _seen)) => Plan {
+                    profile: published.profile,
+                    target: url.clone(),
+                    credentials: credentials
+                        .or(published.credentials.map(|c| (c.username, c.password))),
+                    tls_issuer: published.tls_issuer,
+                    budget: budget.saturating_sub(started.elapsed()),
+                    proxy: turnpike_check::Proxy::from_env(),
+                },
+                Err(e) => {
+                    // Without the server's profile, the one thing known is
+                    // that its HTTPS side cannot be reached from here.
+                    let mut c = Check::new(
+                        "https:profile",
+                        format!("HTTPS to {}:{}", base.host, base.port),
+                        Status::Fail,
+                    );
+                    c.detail = Some(e);
+                    c.remediation = Some(format!(
+                        "allow outbound TCP to {} port {} ({}), then check again",
+                        base.host,
+                        base.port,
+                        if base.tls { "HTTPS" } else { "HTTP" }
+                    ));
+                    c.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let report = Report {
+                        verdict: Verdict::Blocked,
+                        summary: format!("The server's profile could not be fetched from {url}."),
+                        profile: "unknown".into(),
+                        target: url.clone(),
+                        started: String::new(),
+                        duration_ms: c.duration_ms,
+                        checks: vec![c],
+                    };
+                    return write_report(args, &report);
+                }
+            }
+        }
+        (None, None) => return usage("give a server URL or --profile FILE"),
+    };
+
+    let progress = std::io::stderr().is_terminal() && !args.json;
+    let report = runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let total = plan.profile.endpoints.len();
+        let drawer = tokio::spawn(async move {
+            let mut running: Vec<String> = Vec::new();
+            let mut done = 0;
+            while let Some(p) = rx.recv().await {
+                match p {
+                    Progress::Started { id } => running.push(id),
+                    Progress::Finished { id, .. } => {
+                        running.retain(|r| *r != id);
+                        if !id.starts_with("dns:") {
+                            done += 1;
+                        }
+                    }
+                }
+                if progress {
+                    let names: Vec<&str> = running.iter().map(String::as_str).collect();
+                    let line = render::progress_line(done, total, &names);
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "\r\x1b[2K{line}");
+                    let _ = err.flush();
+                }
+            }
+            if progress {
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+            }
+        });
+        let report = turnpike_check::run(plan, Some(tx)).await;
+        let _ = drawer.await;
+        report
+    });
+    write_report(args, &report)
+}
+
+/// Writes the report where asked; the exit status is its verdict.
+fn write_report(args: &CheckArgs, report: &turnpike_check::report::Report) -> ExitCode {
+    use std::io::IsTerminal as _;
+    use turnpike_check::render;
+    let mut failed = false;
+    for (path, text) in [
+        (
+            &args.junit,
+            args.junit.as_ref().map(|_| render::junit(report)),
+        ),
+        (&args.html, args.html.as_ref().map(|_| render::html(report))),
+    ] {
+        if let (Some(path), Some(text)) = (path, text)
+            && let Err(e) = std::fs::write(path, text)
+        {
+            eprintln!("turnpike check: {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    let out = if args.json {
+        render::json(report)
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        render::text(report, color)
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    if failed {
+        return ExitCode::from(EXIT_CHECK_USAGE);
+    }
+    ExitCode::from(report.exit_code())
 }
 
 fn bench(args: &BenchArgs) -> ExitCode {

@@ -4,4 +4,14 @@
 //! [`report`] is what a check finds, and how it is written out (terminal,
 //! JSON, JUnit, HTML).
 
+mod client;
+pub mod fetch;
+mod net;
+mod remedy;
+pub mod render;
 pub mod report;
+pub mod run;
+mod tls;
+
+pub use net::Proxy;
+pub use run::{Plan, Progress, run};

@@ -1,0 +1,590 @@
+//! A check run: every endpoint of a profile probed at once, within one
+//! time budget, and the verdict drawn from what worked.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
+use turnpike_profile::{Endpoint, Kind, Profile};
+use turnpike_stun::{Attr, AttrType, Method};
+
+use crate::client::{Client, Link};
+use crate::net::{self, Failure, Proxy, Step};
+use crate::remedy;
+use crate::report::{Check, Report, Status};
+
+/// What to check, and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub profile: Profile,
+    /// What the report says was checked (a URL or a file).
+    pub target: String,
+    /// TURN credentials, for allocations.
+    pub credentials: Option<(String, String)>,
+    /// The issuer the service's TLS certificates should have; another one
+    /// means the connection is intercepted.
+    pub tls_issuer: Option<String>,
+    /// The whole run's time.
+    pub budget: Duration,
+    /// `HTTPS_PROXY`, tried for TLS endpoints that fail directly.
+    pub proxy: Option<Proxy>,
+}
+
+/// What a run tells while it goes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Started { id: String },
+    Finished { id: String, status: Status },
+}
+
+/// Runs every check of `plan`; `progress` hears of each as it starts and
+/// ends.
+pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) -> Report {
+    let started_at = std::time::SystemTime::now();
+    let started = Instant::now();
+    // What is left at the end goes to writing the report.
+    let deadline = started + plan.budget.saturating_sub(Duration::from_millis(300));
+    let plan = Arc::new(plan);
+    let tell = |p: Progress| {
+        if let Some(tx) = &progress {
+            let _ = tx.send(p);
+        }
+    };
+
+    // Names first, each once: every endpoint on a host waits for it.
+    let mut hosts: Vec<&str> = plan
+        .profile
+        .endpoints
+        .iter()
+        .filter(|e| e.ip().is_none())
+        .map(|e| e.host.as_str())
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let dns_deadline = (Instant::now() + Duration::from_secs(5)).min(deadline);
+    let mut lookups = tokio::task::JoinSet::new();
+    for host in hosts {
+        let host = host.to_owned();
+        tell(Progress::Started {
+            id: format!("dns:{host}"),
+        });
+        lookups.spawn(async move {
+            let t = Instant::now();
+            let result = match tokio::time::timeout_at(dns_deadline, net::resolve(&host, 0)).await {
+                Ok(r) => r.map(|addrs| addrs.into_iter().map(|a| a.ip()).collect::<Vec<_>>()),
+                Err(_) => Err("timed out".to_owned()),
+            };
+            (host, result, t.elapsed())
+        });
+    }
+    let mut resolved: HashMap<String, Result<Vec<std::net::IpAddr>, String>> = plan
+        .profile
+        .endpoints
+        .iter()
+        .filter_map(|e| Some((e.host.clone(), Ok(vec![e.ip()?]))))
+        .collect();
+    let mut checks = Vec::new();
+    while let Some(Ok((host, result, took))) = lookups.join_next().await {
+        let check = remedy::dns_check(&host, &result, took);
+        tell(Progress::Finished {
+            id: check.id.clone(),
+            status: check.status,
+        });
+        checks.push(check);
+        resolved.insert(host, result);
+    }
+    checks.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, endpoint) in plan.profile.endpoints.iter().enumerate() {
+        let addrs = resolved
+            .get(&endpoint.host)
+            .cloned()
+            .unwrap_or_else(|| Err("not resolved".into()));
+        let plan = Arc::clone(&plan);
+        let endpoint = endpoint.clone();
+        tell(Progress::Started {
+            id: check_id(&endpoint),
+        });
+        tasks.spawn(async move {
+            let t = Instant::now();
+            let mut check = match addrs {
+                Ok(ips) => check_endpoint(&plan, &endpoint, &ips, deadline).await,
+                Err(_) => {
+                    let mut c =
+                        Check::new(check_id(&endpoint), remedy::title(&endpoint), Status::Skip);
+                    c.detail = Some(format!("{} does not resolve", endpoint.host));
+                    c
+                }
+            };
+            check.endpoint = Some(endpoint.id.clone());
+            check.duration_ms = t.elapsed().as_secs_f64() * 1000.0;
+            (index, check)
+        });
+    }
+    let mut by_endpoint: Vec<Option<Check>> = vec![None; plan.profile.endpoints.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, check)) = joined {
+            tell(Progress::Finished {
+                id: check.id.clone(),
+                status: check.status,
+            });
+            if let Some(slot) = by_endpoint.get_mut(index) {
+                *slot = Some(check);
+            }
+        }
+    }
+    let endpoint_checks: Vec<Check> = by_endpoint.into_iter().flatten().collect();
+    let works = |e: &Endpoint| {
+        endpoint_checks.iter().any(|c| {
+            c.endpoint.as_deref() == Some(&e.id) && matches!(c.status, Status::Pass | Status::Warn)
+        })
+    };
+    let assessment = plan.profile.assess(works);
+    checks.extend(endpoint_checks);
+    let summary = remedy::summary(&plan.profile, &assessment);
+    Report {
+        verdict: assessment.verdict,
+        summary,
+        profile: plan.profile.about.name.clone(),
+        target: plan.target.clone(),
+        started: rfc3339(started_at),
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        checks,
+    }
+}
+
+/// `<kind>:<endpoint id>`.
+fn check_id(e: &Endpoint) -> String {
+    format!("{}:{}", e.kind.as_str(), e.id)
+}
+
+async fn check_endpoint(
+    plan: &Plan,
+    e: &Endpoint,
+    ips: &[std::net::IpAddr],
+    deadline: Instant,
+) -> Check {
+    let port = e.port.unwrap_or(0);
+    let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+    let mut check = Check::new(check_id(e), remedy::title(e), Status::Fail);
+    let outcome = match e.kind {
+        Kind::Tcp => net::connect(&addrs, deadline)
+            .await
+            .map(|(_, at)| Outcome::plain(format!("connected to {at}"))),
+        Kind::Tls | Kind::Https | Kind::Wss => tls_endpoint(plan, e, &addrs, deadline).await,
+        Kind::StunUdp | Kind::StunTcp => stun_binding(e, &addrs, deadline).await,
+        Kind::TurnUdp | Kind::TurnTcp | Kind::TurnTls => {
+            turn_endpoint(plan, e, &addrs, deadline).await
+        }
+        Kind::UdpRange => {
+            check.status = Status::Skip;
+            check.detail = Some(
+                "UDP ports cannot be told open without a responder on them; check against a turnpike server with [probe] on".into(),
+            );
+            return check;
+        }
+    };
+    match outcome {
+        Ok(o) => {
+            check.status = o.status;
+            check.value = o.value;
+            check.unit = o.unit;
+            check.detail = Some(o.detail);
+            check.remediation = o.remediation;
+        }
+        Err(f) => {
+            check.status = Status::Fail;
+            check.detail = Some(f.detail.clone());
+            check.remediation = Some(remedy::for_failure(e, ips, &f));
+        }
+    }
+    check
+}
+
+/// What a check that reached its endpoint found.
+#[derive(Debug)]
+struct Outcome {
+    status: Status,
+    value: serde_json::Value,
+    unit: Option<String>,
+    detail: String,
+    remediation: Option<String>,
+}
+
+impl Outcome {
+    fn plain(detail: String) -> Self {
+        Self {
+            status: Status::Pass,
+            value: serde_json::Value::Null,
+            unit: None,
+            detail,
+            remediation: None,
+        }
+    }
+
+    fn ms(detail: String, took: Duration) -> Self {
+        Self {
+            value: serde_json::json!((took.as_secs_f64() * 10_000.0).round() / 10.0),
+            unit: Some("ms".into()),
+            ..Self::plain(detail)
+        }
+    }
+}
+
+/// TLS, HTTPS and WebSocket endpoints: directly, else through the proxy.
+async fn tls_endpoint(
+    plan: &Plan,
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Outcome, Failure> {
+    let port = e.port.unwrap_or(443);
+    let direct = async {
+        let (tcp, _) = net::connect(addrs, deadline).await?;
+        tls_session(plan, e, tcp, deadline).await
+    }
+    .await;
+    match (direct, &plan.proxy) {
+        (Ok(o), _) => Ok(o),
+        (Err(f), Some(proxy)) if f.step == Step::Connect => {
+            match async {
+                let tcp = net::connect_via(proxy, &e.host, port, deadline).await?;
+                tls_session(plan, e, tcp, deadline).await
+            }
+            .await
+            {
+                Ok(mut o) => {
+                    o.status = Status::Warn;
+                    o.detail = format!(
+                        "only through the proxy {}:{}: {}; direct: {}",
+                        proxy.host, proxy.port, o.detail, f.detail
+                    );
+                    o.remediation = Some(remedy::for_failure(
+                        e,
+                        &addrs.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+                        &f,
+                    ));
+                    Ok(o)
+                }
+                Err(via) => Err(Failure::new(
+                    f.step,
+                    format!("{}; through the proxy: {}", f.detail, via.detail),
+                )),
+            }
+        }
+        (Err(f), _) => Err(f),
+    }
+}
+
+async fn tls_session(
+    plan: &Plan,
+    e: &Endpoint,
+    tcp: tokio::net::TcpStream,
+    deadline: Instant,
+) -> Result<Outcome, Failure> {
+    let t = Instant::now();
+    let alpn: &[&[u8]] = match e.kind {
+        Kind::Https => &[b"http/1.1"],
+        _ => &[],
+    };
+    let (mut stream, seen) = net::tls_over(tcp, &e.host, alpn, deadline).await?;
+    let handshake = t.elapsed();
+    let mut notes = Vec::new();
+    let mut status = Status::Pass;
+    let issuer = seen
+        .issuer
+        .clone()
+        .unwrap_or_else(|| "an unreadable certificate".into());
+    if let Some(expected) = &plan.tls_issuer
+        && seen.issuer.as_deref() != Some(expected.as_str())
+    {
+        status = Status::Warn;
+        notes.push(format!(
+            "the certificate is issued by {issuer}, not {expected}: the connection is intercepted (TLS inspection)"
+        ));
+    } else if let Some(why) = &seen.untrusted {
+        notes.push(format!(
+            "certificate from {issuer}, not trusted by the web PKI ({why})"
+        ));
+    } else {
+        notes.push(format!("certificate from {issuer}"));
+    }
+    let what = match e.kind {
+        Kind::Https => {
+            let code = http_exchange(&mut stream, e, false, deadline).await?;
+            format!("HTTP {code}")
+        }
+        Kind::Wss => {
+            let code = http_exchange(&mut stream, e, true, deadline).await?;
+            if code != 101 {
+                status = Status::Warn;
+                notes.push(format!(
+                    "the server answered the upgrade with {code}, not 101"
+                ));
+            }
+            format!("WebSocket upgrade: {code}")
+        }
+        _ => "TLS handshake".to_owned(),
+    };
+    let mut o = Outcome::ms(
+        format!(
+            "{what} in {:.1} ms; {}",
+            handshake.as_secs_f64() * 1000.0,
+            notes.join("; ")
+        ),
+        handshake,
+    );
+    o.status = status;
+    if status == Status::Warn && plan.tls_issuer.is_some() && seen.issuer != plan.tls_issuer {
+        o.remediation = Some(remedy::for_interception(e));
+    }
+    Ok(o)
+}
+
+/// An HTTP/1.1 GET (or WebSocket upgrade) on the session; the status code.
+async fn http_exchange(
+    stream: &mut net::Stream,
+    e: &Endpoint,
+    upgrade: bool,
+    deadline: Instant,
+) -> Result<u16, Failure> {
+    let path = e.request_path().unwrap_or("/");
+    let host = if e.port == Some(443) {
+        e.host.clone()
+    } else {
+        format!("{}:{}", e.host, e.port.unwrap_or(443))
+    };
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: turnpike-check\r\nAccept: */*\r\n"
+    );
+    if upgrade {
+        let key: [u8; 16] = rand::random();
+        use base64::Engine as _;
+        request.push_str(&format!(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ));
+    } else {
+        request.push_str("Connection: close\r\n");
+    }
+    request.push_str("\r\n");
+    net::within(deadline, Step::Protocol, async {
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| Failure::new(Step::Protocol, e.to_string()))?;
+        let head = net::read_head(stream)
+            .await
+            .map_err(|e| Failure::new(Step::Protocol, format!("no HTTP answer: {e}")))?;
+        net::status_code(&head)
+            .ok_or_else(|| Failure::new(Step::Protocol, "the answer is not HTTP"))
+    })
+    .await
+}
+
+/// A link to a STUN/TURN endpoint over its transport.
+async fn link(e: &Endpoint, addrs: &[SocketAddr], deadline: Instant) -> Result<Link, Failure> {
+    match e.kind {
+        Kind::StunUdp | Kind::TurnUdp => {
+            let first = addrs
+                .first()
+                .ok_or_else(|| Failure::new(Step::Connect, "no address"))?;
+            Link::udp(*first).await
+        }
+        Kind::TurnTls => {
+            let (tcp, _) = net::connect(addrs, deadline).await?;
+            let (stream, _) = net::tls_over(tcp, &e.host, &[b"stun.turn"], deadline).await?;
+            Ok(Link::stream(stream))
+        }
+        _ => {
+            let (tcp, _) = net::connect(addrs, deadline).await?;
+            Ok(Link::stream(Box::new(tcp)))
+        }
+    }
+}
+
+async fn stun_binding(
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Outcome, Failure> {
+    let deadline = (Instant::now() + Duration::from_secs(8)).min(deadline);
+    let mut client = Client::new(link(e, addrs, deadline).await?, None);
+    let t = Instant::now();
+    let response = client.transaction(Method::BINDING, &[], deadline).await?;
+    let took = t.elapsed();
+    match response.address(AttrType::XOR_MAPPED_ADDRESS) {
+        Some(mapped) => {
+            let mut o = Outcome::ms(
+                format!(
+                    "Binding answered in {:.1} ms; public address {mapped}",
+                    took.as_secs_f64() * 1000.0
+                ),
+                took,
+            );
+            o.value = serde_json::json!(mapped.to_string());
+            o.unit = None;
+            Ok(o)
+        }
+        None => Err(Failure::new(
+            Step::Protocol,
+            "the answer carries no XOR-MAPPED-ADDRESS",
+        )),
+    }
+}
+
+/// A TURN endpoint: an allocation, and a relayed round trip between two
+/// allocations (the second one is the peer), when credentials are given;
+/// else only that the server answers.
+async fn turn_endpoint(
+    plan: &Plan,
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Outcome, Failure> {
+    let deadline = (Instant::now() + Duration::from_secs(10)).min(deadline);
+    let t = Instant::now();
+    let mut a = Client::new(link(e, addrs, deadline).await?, plan.credentials.clone());
+    let transport = [Attr::RequestedTransport(17)];
+    let first = a
+        .transaction(Method::ALLOCATE, &transport, deadline)
+        .await?;
+    let reached = t.elapsed();
+    if plan.credentials.is_none() {
+        return match first.code() {
+            Some(401) => Ok(Outcome::ms(
+                format!(
+                    "the TURN server answers ({:.1} ms); no credentials given to allocate (--user, --password)",
+                    reached.as_secs_f64() * 1000.0
+                ),
+                reached,
+            )),
+            Some(code) => Ok(Outcome::ms(
+                format!("the TURN server answers with {code}"),
+                reached,
+            )),
+            None => Ok(Outcome::ms("allocated without credentials".into(), reached)),
+        };
+    }
+    let relayed_a = allocate(&mut a, deadline).await?;
+    let mut b = Client::new(link(e, addrs, deadline).await?, plan.credentials.clone());
+    let relayed_b = allocate(&mut b, deadline).await?;
+    for (client, peer) in [(&mut a, relayed_b), (&mut b, relayed_a)] {
+        let r = client
+            .request(
+                Method::CREATE_PERMISSION,
+                &[Attr::XorPeerAddress(peer)],
+                deadline,
+            )
+            .await?;
+        if let Some(code) = r.code() {
+            return Err(Failure::new(
+                Step::Protocol,
+                format!("CreatePermission refused ({code})"),
+            ));
+        }
+    }
+    // Round trips A → relay → B until one arrives (datagrams may be lost).
+    let mut best: Option<Duration> = None;
+    for i in 0u32..5 {
+        let sent = Instant::now();
+        let payload = i.to_be_bytes();
+        a.indicate(
+            Method::SEND,
+            &[Attr::XorPeerAddress(relayed_b), Attr::Data(&payload)],
+        )
+        .await?;
+        let wait = (Instant::now() + Duration::from_millis(1000)).min(deadline);
+        if let Some((from, data)) = b.data(wait).await
+            && from == relayed_a
+            && data == payload
+        {
+            let took = sent.elapsed();
+            best = Some(best.map_or(took, |b| b.min(took)));
+            if i >= 2 {
+                break;
+            }
+        }
+    }
+    for client in [&mut a, &mut b] {
+        let _ = client
+            .request(Method::REFRESH, &[Attr::Lifetime(0)], deadline)
+            .await;
+    }
+    match best {
+        Some(took) => Ok(Outcome::ms(
+            format!(
+                "allocated {relayed_a}; relayed from one allocation to another in {:.1} ms",
+                took.as_secs_f64() * 1000.0
+            ),
+            took,
+        )),
+        None => Err(Failure::new(
+            Step::Protocol,
+            format!("allocated {relayed_a}, but nothing relayed between two allocations came back"),
+        )),
+    }
+}
+
+async fn allocate(client: &mut Client, deadline: Instant) -> Result<SocketAddr, Failure> {
+    let r = client
+        .request(Method::ALLOCATE, &[Attr::RequestedTransport(17)], deadline)
+        .await?;
+    match (r.code(), r.address(AttrType::XOR_RELAYED_ADDRESS)) {
+        (None, Some(relayed)) => Ok(relayed),
+        (Some(401), _) => Err(Failure::new(
+            Step::Protocol,
+            "the credentials were refused (401)",
+        )),
+        (Some(code), _) => Err(Failure::new(
+            Step::Protocol,
+            format!("Allocate refused ({code})"),
+        )),
+        (None, None) => Err(Failure::new(
+            Step::Protocol,
+            "Allocate answered without XOR-RELAYED-ADDRESS",
+        )),
+    }
+}
+
+/// RFC 3339 in UTC, to the second.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |s: u64| rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_267_845), "2026-11-21T13:30:45Z");
+    }
+}

@@ -1,0 +1,267 @@
+//! `turnpike check` against a server on loopback: what works gives
+//! "ready", a blocked UDP path with a TLS fallback gives "degraded" and
+//! names the UDP rule, nothing reachable gives "blocked", and a malformed
+//! profile is a usage error naming its line and key.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A loopback port where nothing listens, on UDP and TCP.
+fn closed_port() -> u16 {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp);
+    port
+}
+
+/// A profile of the server's TURN listeners: UDP required, TCP and TLS as
+/// its fallbacks.
+fn profile(udp: SocketAddr, tcp: SocketAddr, tls: SocketAddr) -> String {
+    format!(
+        r#"
+[profile]
+name = "Loopback relay"
+source = "the test"
+
+[[endpoint]]
+id = "stun"
+kind = "stun-udp"
+host = "127.0.0.1"
+port = {udp_port}
+required = false
+
+[[endpoint]]
+id = "turn"
+kind = "turn-udp"
+host = "127.0.0.1"
+port = {udp_port}
+
+[[endpoint]]
+id = "turn-tcp"
+kind = "turn-tcp"
+host = "127.0.0.1"
+port = {tcp_port}
+required = false
+fallback_for = ["turn"]
+
+[[endpoint]]
+id = "turn-tls"
+kind = "turn-tls"
+host = "localhost"
+port = {tls_port}
+required = false
+fallback_for = ["turn"]
+
+[thresholds]
+rtt_ms = {{ max = 150, source = "Sococo guide" }}
+"#,
+        udp_port = udp.port(),
+        tcp_port = tcp.port(),
+        tls_port = tls.port()
+    )
+}
+
+/// Runs `turnpike check` with `args`; its exit code and standard output.
+fn check(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check")
+        .args(args)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy");
+    let done = run_with_limit(&mut cmd, Duration::from_secs(40), |c| {
+        let _ = c.kill();
+    });
+    (done.status.and_then(|s| s.code()), done.stdout, done.stderr)
+}
+
+fn report(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn check_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
+}
+
+#[test]
+fn a_reachable_server_is_ready_and_relays_between_two_allocations() {
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    let text = profile(
+        server.addr_for(Via::Udp),
+        server.addr_for(Via::Tcp),
+        server.addr_for(Via::Tls { alpn: false }),
+    );
+    let file = config_file(&text);
+    let started = std::time::Instant::now();
+    let (code, out, err) = check(&[
+        "--profile",
+        &file.path,
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--json",
+    ]);
+    let took = started.elapsed();
+    let r = report(&out);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(r["verdict"], "ready");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    for id in [
+        "turn-udp:turn",
+        "turn-tcp:turn-tcp",
+        "turn-tls:turn-tls",
+        "stun-udp:stun",
+    ] {
+        let c = check_of(&r, id);
+        assert_eq!(c["status"], "pass", "{c:#}");
+        assert_eq!(
+            c["unit"],
+            if id.starts_with("stun") {
+                serde_json::Value::Null
+            } else {
+                "ms".into()
+            },
+            "{c:#}"
+        );
+    }
+    let turn = check_of(&r, "turn-udp:turn");
+    assert!(
+        turn["detail"]
+            .as_str()
+            .unwrap()
+            .contains("relayed from one allocation to another"),
+        "{turn:#}"
+    );
+    let stun = check_of(&r, "stun-udp:stun");
+    assert!(
+        stun["value"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{stun:#}"
+    );
+    assert_eq!(check_of(&r, "dns:localhost")["status"], "pass");
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != "dns:127.0.0.1"),
+        "an address is not looked up"
+    );
+}
+
+#[test]
+fn udp_blocked_with_a_tls_fallback_is_degraded_and_names_the_udp_rule() {
+    let server = ServerProcess::start_every_transport(&loopback_args());
+    let closed = closed_port();
+    let udp: SocketAddr = format!("127.0.0.1:{closed}").parse().unwrap();
+    let text = profile(
+        udp,
+        format!("127.0.0.1:{}", closed_port()).parse().unwrap(),
+        server.addr_for(Via::Tls { alpn: false }),
+    );
+    let file = config_file(&text);
+    let (code, out, err) = check(&[
+        "--profile",
+        &file.path,
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--json",
+        "--timeout",
+        "8",
+    ]);
+    let r = report(&out);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert_eq!(r["verdict"], "degraded");
+    let turn = check_of(&r, "turn-udp:turn");
+    assert_eq!(turn["status"], "fail");
+    assert_eq!(
+        turn["remediation"],
+        format!("allow outbound UDP to 127.0.0.1 port {closed}, and the replies"),
+        "{turn:#}"
+    );
+    assert_eq!(check_of(&r, "turn-tls:turn-tls")["status"], "pass");
+    assert_eq!(check_of(&r, "turn-tcp:turn-tcp")["status"], "fail");
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .contains("turn through turn-tls"),
+        "{r:#}"
+    );
+
+    // The text report says it in words, and lists the rule once.
+    let (code, text_out, _) = check(&[
+        "--profile",
+        &file.path,
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--timeout",
+        "8",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(text_out.contains("DEGRADED"), "{text_out}");
+    let rule = format!("allow outbound UDP to 127.0.0.1 port {closed}");
+    let (checks, to_change) = text_out
+        .split_once("What to change")
+        .expect("a list of rules");
+    assert_eq!(
+        checks.matches(&rule).count(),
+        2,
+        "under the STUN and TURN checks: {text_out}"
+    );
+    assert_eq!(
+        to_change.matches(&rule).count(),
+        1,
+        "listed once: {text_out}"
+    );
+}
+
+#[test]
+fn nothing_reachable_is_blocked() {
+    let p = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    let text = profile(p(closed_port()), p(closed_port()), p(closed_port()));
+    let file = config_file(&text);
+    let (code, out, err) = check(&["--profile", &file.path, "--json", "--timeout", "5"]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert_eq!(report(&out)["verdict"], "blocked");
+}
+
+#[test]
+fn bad_flags_and_profiles_are_usage_errors() {
+    let file = config_file(
+        "[profile]\nname = \"x\"\nsource = \"y\"\n\n[[endpoint]]\nid = \"a\"\nkind = \"turn-udp\"\nhost = \"127.0.0.1\"\nport = 70000\n",
+    );
+    let (code, out, err) = check(&["--profile", &file.path]);
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    assert!(err.contains("line 9") && err.contains("port"), "{err}");
+    assert_eq!(check(&[]).0, Some(3), "no URL and no profile");
+    assert_eq!(check(&["ftp://example.com"]).0, Some(3));
+    assert_eq!(
+        check(&["--profile", &file.path, "--timeout", "0"]).0,
+        Some(3)
+    );
+    assert_eq!(
+        check(&["--profile", "/nonexistent/profile.toml"]).0,
+        Some(3)
+    );
+}
