@@ -466,6 +466,18 @@ mod tests {
         assert_eq!(peer.accept().unwrap().1, addr);
     }
 
+    /// A plain UDP relay for allocation `i`.
+    fn udp_request(i: u64) -> BindRequest {
+        BindRequest {
+            id: AllocationId::from_raw(i),
+            family: turnpike_turn::stun::Family::V4,
+            even_port: false,
+            reserve_next: false,
+            dont_fragment: false,
+            tcp: false,
+        }
+    }
+
     #[test]
     fn a_long_run_of_ports_another_program_holds_is_stepped_over() {
         // Another program (this test) holds 200 consecutive ports of a
@@ -480,14 +492,7 @@ mod tests {
         let mut binder = Binder::new(&[ip], pool, Rc::new(Epoll::new().unwrap()));
         let mut relays = Vec::new();
         for i in 0..40u64 {
-            let request = BindRequest {
-                id: AllocationId::from_raw(i),
-                family: turnpike_turn::stun::Family::V4,
-                even_port: false,
-                reserve_next: false,
-                dont_fragment: false,
-                tcp: false,
-            };
+            let request = udp_request(i);
             // Trying the next port after each that fails would meet 64
             // held ones in a row about half the time.
             let bound = binder
@@ -509,14 +514,7 @@ mod tests {
         let mut binder = Binder::new(&[ip], pool, Rc::new(Epoll::new().unwrap()));
         let mut relays = Vec::new();
         for i in 0..200u64 {
-            let request = BindRequest {
-                id: AllocationId::from_raw(i),
-                family: turnpike_turn::stun::Family::V4,
-                even_port: false,
-                reserve_next: false,
-                dont_fragment: false,
-                tcp: false,
-            };
+            let request = udp_request(i);
             relays.push(binder.bind(&request).unwrap());
         }
         let ports: Vec<u16> = relays.iter().map(|r| r.addr.port()).collect();
