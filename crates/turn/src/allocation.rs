@@ -49,6 +49,9 @@ pub(crate) struct Allocation<S> {
     pub refused_v6: Option<ErrorCode>,
     /// A TCP allocation (RFC 6062): connections, not datagrams.
     pub tcp: bool,
+    /// Made with check credentials: relays to the probe responder only
+    /// (`crate::check`).
+    pub restricted: bool,
     pub reservation_token: Option<[u8; 8]>,
     pub created: Instant,
     pub expires: Instant,
@@ -85,6 +88,7 @@ impl<S> Allocation<S> {
             relays,
             refused_v6,
             tcp: false,
+            restricted: false,
             reservation_token,
             created: now,
             expires: now + lifetime,

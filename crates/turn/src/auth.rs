@@ -88,6 +88,9 @@ pub struct Verified {
     pub username: Box<str>,
     pub key: LongTermKey,
     pub integrity: Integrity,
+    /// Check credentials (the check key verified them): what they
+    /// allocate may relay only to the probe responder (`crate::check`).
+    pub restricted: bool,
 }
 
 #[derive(Clone)]
@@ -103,6 +106,9 @@ pub struct Credentials {
     users: HashMap<Box<str>, StaticUser>,
     by_userhash: HashMap<[u8; 32], Box<str>>,
     secrets: Vec<Box<[u8]>>,
+    /// The key of check credentials (`crate::check`), when the server
+    /// hands them out.
+    check_key: Option<Box<[u8]>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -111,6 +117,7 @@ impl fmt::Debug for Credentials {
             .field("realm", &self.realm)
             .field("users", &self.users.len())
             .field("secrets", &self.secrets.len())
+            .field("check_credentials", &self.check_key.is_some())
             .finish()
     }
 }
@@ -139,7 +146,17 @@ impl Credentials {
             users: by_name,
             by_userhash,
             secrets: secrets.into_iter().map(Box::from).collect(),
+            check_key: None,
         }
+    }
+
+    /// Accepts check credentials signed with `key` (random, kept by the
+    /// server alone): they authenticate as REST users whose allocations
+    /// are restricted (`crate::check`).
+    #[must_use]
+    pub fn with_check_key(mut self, key: &[u8]) -> Self {
+        self.check_key = Some(Box::from(key));
+        self
     }
 
     #[must_use]
@@ -147,7 +164,8 @@ impl Credentials {
         &self.realm
     }
 
-    /// Whether any user or secret is configured.
+    /// Whether any user or secret is configured (check credentials do
+    /// not count: they cannot be used for anything but a check).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.users.is_empty() && self.secrets.is_empty()
@@ -163,7 +181,8 @@ impl Credentials {
 
     /// Verifies `msg`, signed by `username` with `algorithm`, at Unix time
     /// `unix_now`. Static users come first; otherwise a REST user name is
-    /// tried against each secret.
+    /// tried against the check key (if it has the check shape) and then
+    /// each secret.
     pub fn verify(
         &self,
         msg: &Message<'_>,
@@ -178,6 +197,7 @@ impl Credentials {
                     username: Box::from(username),
                     key,
                     integrity,
+                    restricted: false,
                 })
         };
         if let Some(user) = self.users.get(username) {
@@ -188,19 +208,30 @@ impl Credentials {
             };
             return check(key).ok_or(AuthError::BadIntegrity);
         }
-        if self.secrets.is_empty() {
+        let check_key = self
+            .check_key
+            .as_deref()
+            .filter(|_| crate::check::is_check_username(username));
+        if self.secrets.is_empty() && check_key.is_none() {
             return Err(AuthError::UnknownUser);
         }
         let expires = rest_expiry(username).ok_or(AuthError::UnknownUser)?;
         if expires <= unix_now {
             return Err(AuthError::Expired);
         }
+        let derive = |secret: &[u8]| {
+            let password = rest_password(secret, username);
+            LongTermKey::derive(algorithm, username, &self.realm, &password)
+        };
+        if let Some(verified) = check_key.and_then(derive).and_then(check) {
+            return Ok(Verified {
+                restricted: true,
+                ..verified
+            });
+        }
         self.secrets
             .iter()
-            .filter_map(|secret| {
-                let password = rest_password(secret, username);
-                LongTermKey::derive(algorithm, username, &self.realm, &password)
-            })
+            .filter_map(|secret| derive(secret))
             .find_map(check)
             .ok_or(AuthError::BadIntegrity)
     }

@@ -14,12 +14,13 @@
 mod allocation;
 pub mod auth;
 mod bandwidth;
+pub mod check;
 pub mod cidr;
 mod config;
 mod connections;
 pub mod nonce;
 pub mod policy;
-mod ratelimit;
+pub mod ratelimit;
 mod server;
 mod shared;
 

@@ -70,6 +70,9 @@ pub enum Denied {
     RelayLoop,
     /// In an operator `deny` range.
     Configured,
+    /// Not the probe responder, for an allocation made with check
+    /// credentials, which may relay nowhere else (`crate::check`).
+    NotProbe,
 }
 
 impl Denied {
@@ -89,6 +92,7 @@ impl Denied {
             Self::Listener => "listener",
             Self::RelayLoop => "relay_loop",
             Self::Configured => "configured",
+            Self::NotProbe => "not_probe",
         }
     }
 }
@@ -301,6 +305,25 @@ impl PeerPolicy {
             && !(self.is_relay_ip(ip) && live_relay(peer))
         {
             return Err(Denied::OwnAddress);
+        }
+        Ok(())
+    }
+
+    /// The check of a peer that is the server's own probe responder, for
+    /// an allocation made with check credentials once `crate::check` has
+    /// found the peer among the responder's addresses: the server's
+    /// listeners, relay loops and the operator's `deny` ranges stay
+    /// refused; the built-in ranges and the host's own addresses do not
+    /// apply, since the responder lives on the host (on loopback, in
+    /// tests).
+    pub fn check_probe(
+        &self,
+        peer: SocketAddr,
+        own_relay: Option<SocketAddr>,
+    ) -> Result<(), Denied> {
+        self.check_self(peer, own_relay)?;
+        if components(peer.ip()).any(|ip| in_any(&self.deny, ip)) {
+            return Err(Denied::Configured);
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! A per-source limit on answers to unauthenticated requests (SECURITY.md
 //! §D): a spoofed-source flood of Binding requests or Allocates must not
-//! turn the server into a reflector.
+//! turn the server into a reflector. The runtime uses it too, for its
+//! probe responder's replies and for the check credentials it hands out.
 //!
 //! Token buckets live in a fixed table indexed by a keyed hash of the
 //! source: memory does not grow with the number of sources, and sources
@@ -9,22 +10,25 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const SLOTS: usize = 4096;
-const MILLI: u64 = 1000;
 
 #[derive(Clone, Copy, Default)]
 struct Bucket {
-    /// Tokens, in thousandths.
-    milli_tokens: u32,
+    /// Tokens, in units of `1 / period_ms`: a bucket earns `count` units a
+    /// millisecond exactly, however slow the rate.
+    units: u64,
     /// When the bucket was last refilled, in milliseconds since `epoch`.
-    at_ms: u32,
+    at_ms: u64,
 }
 
-pub(crate) struct RateLimiter {
+/// Token buckets per source address (an IPv4 address, or an IPv6 /64).
+pub struct RateLimiter {
     buckets: Box<[Bucket]>,
-    per_second: u32,
+    /// Tokens per `period`.
+    count: u32,
+    period_ms: u64,
     burst: u32,
     epoch: Instant,
     hasher: foldhash::fast::FixedState,
@@ -33,7 +37,8 @@ pub(crate) struct RateLimiter {
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("per_second", &self.per_second)
+            .field("count", &self.count)
+            .field("period_ms", &self.period_ms)
             .field("burst", &self.burst)
             .finish()
     }
@@ -42,42 +47,66 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     /// `per_second` answers per source, in bursts of up to `burst`;
     /// `per_second == 0` allows everything.
-    pub(crate) fn new(per_second: u32, burst: u32, epoch: Instant, seed: u64) -> Self {
-        let slots = if per_second == 0 { 0 } else { SLOTS };
+    #[must_use]
+    pub fn new(per_second: u32, burst: u32, epoch: Instant, seed: u64) -> Self {
+        Self::per_period(per_second, Duration::from_secs(1), burst, epoch, seed)
+    }
+
+    /// `count` answers per source every `period` (whole milliseconds, at
+    /// most a day), in bursts of up to `burst`; `count == 0` allows
+    /// everything. `seed` keys the hash of sources: draw it at random, or
+    /// a flood can aim at one slot.
+    #[must_use]
+    pub fn per_period(count: u32, period: Duration, burst: u32, epoch: Instant, seed: u64) -> Self {
+        let slots = if count == 0 { 0 } else { SLOTS };
         Self {
             buckets: vec![Bucket::default(); slots].into_boxed_slice(),
-            per_second,
+            count,
+            period_ms: u64::try_from(period.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, 86_400_000),
             burst: burst.max(1),
             epoch,
             hasher: foldhash::fast::FixedState::with_seed(seed),
         }
     }
 
+    /// How long an empty bucket takes to earn one token back.
+    #[must_use]
+    pub fn refill_time(&self) -> Duration {
+        Duration::from_millis(self.period_ms.div_ceil(u64::from(self.count.max(1))))
+    }
+
     /// Takes a token for `source`; `false` when its bucket is empty.
-    pub(crate) fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        if self.per_second == 0 {
+    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.count == 0 {
             return true;
         }
         let slot = self.slot(source);
-        let now_ms = u32::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u32::MAX);
-        let cap = u64::from(self.burst) * MILLI;
+        let now_ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
+        let token = self.period_ms;
+        let cap = u64::from(self.burst).saturating_mul(token);
+        let per_ms = u64::from(self.count);
         let Some(bucket) = self.buckets.get_mut(slot) else {
             return true;
         };
-        let fresh = bucket.at_ms == 0 && bucket.milli_tokens == 0;
-        let elapsed = u64::from(now_ms.saturating_sub(bucket.at_ms));
+        let fresh = bucket.at_ms == 0 && bucket.units == 0;
+        let elapsed = now_ms.saturating_sub(bucket.at_ms);
         let refilled = if fresh {
             cap
         } else {
-            (u64::from(bucket.milli_tokens) + elapsed * u64::from(self.per_second)).min(cap)
+            bucket
+                .units
+                .saturating_add(elapsed.saturating_mul(per_ms))
+                .min(cap)
         };
         bucket.at_ms = now_ms.max(1);
-        if refilled >= MILLI {
-            bucket.milli_tokens = u32::try_from(refilled - MILLI).unwrap_or(u32::MAX);
+        if refilled >= token {
+            bucket.units = refilled - token;
             true
         } else {
-            bucket.milli_tokens = u32::try_from(refilled).unwrap_or(0);
+            bucket.units = refilled;
             false
         }
     }
@@ -150,6 +179,37 @@ mod tests {
         }
         assert_eq!(rl.buckets.len(), before);
         assert_eq!(before, SLOTS);
+    }
+
+    #[test]
+    fn a_rate_per_minute_refills_without_rounding_away() {
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::per_period(10, Duration::from_secs(60), 3, t0, 5);
+        assert_eq!(rl.refill_time(), Duration::from_secs(6));
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!((0..5).filter(|_| rl.allow(a, t)).count(), 3, "burst");
+        // Asked every millisecond, the bucket still fills: one token per
+        // 6 s, whatever the callers do meanwhile.
+        let mut granted = 0;
+        for ms in 1..=12_000u64 {
+            if rl.allow(a, t + Duration::from_millis(ms)) {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 2, "12 s earn two tokens");
+    }
+
+    #[test]
+    fn keeps_refilling_after_49_days() {
+        // Milliseconds since the epoch no longer fit in 32 bits.
+        let t0 = Instant::now();
+        let mut rl = RateLimiter::new(10, 1, t0, 1);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let late = t0 + Duration::from_secs(50 * 86_400);
+        assert!(rl.allow(a, late));
+        assert!(!rl.allow(a, late));
+        assert!(rl.allow(a, late + Duration::from_millis(100)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use sha2::Sha256;
 use turnpike_stun::ErrorCode;
 
 use crate::auth::Credentials;
+use crate::check::CheckAccess;
 use crate::config::Config;
 use crate::connections::{ConnectionId, Connections};
 use crate::nonce::Nonces;
@@ -30,6 +31,8 @@ pub struct Shared<T = ()> {
     tokens_issued: AtomicU64,
     pub(crate) connections: Connections,
     draining: AtomicBool,
+    /// Where restricted (check) allocations may relay, and their quota.
+    pub(crate) check: Option<CheckAccess>,
 }
 
 impl<T> std::fmt::Debug for Shared<T> {
@@ -44,6 +47,8 @@ impl<T> std::fmt::Debug for Shared<T> {
 #[derive(Default)]
 struct Quota {
     total: usize,
+    /// Restricted (check) allocations, counted in `total` as well.
+    check: usize,
     per_user: HashMap<Box<str>, usize>,
 }
 
@@ -68,7 +73,29 @@ impl<T> Shared<T> {
             tokens_issued: AtomicU64::new(0),
             connections: Connections::default(),
             draining: AtomicBool::new(false),
+            check: None,
         }
+    }
+
+    /// Lets check credentials allocate, restricted to `access`; without
+    /// it, their allocations are refused (403) even if the credentials
+    /// verify.
+    #[must_use]
+    pub fn with_check_access(mut self, access: CheckAccess) -> Self {
+        self.check = Some(access);
+        self
+    }
+
+    /// Where check allocations may relay, if they are on.
+    #[must_use]
+    pub fn check_access(&self) -> Option<&CheckAccess> {
+        self.check.as_ref()
+    }
+
+    /// Restricted (check) allocations alive on all shards.
+    #[must_use]
+    pub fn check_allocations(&self) -> usize {
+        self.quota.lock().map(|q| q.check).unwrap_or(0)
     }
 
     #[must_use]
@@ -113,25 +140,42 @@ impl<T> Shared<T> {
     }
 
     /// Counts one more allocation for `user`, or says which limit stops it.
-    pub(crate) fn acquire(&self, user: &str) -> Result<(), ErrorCode> {
+    /// A `restricted` (check) allocation counts against the check quota
+    /// and its credential's, never against an operator user's.
+    pub(crate) fn acquire(&self, user: &str, restricted: bool) -> Result<(), ErrorCode> {
         let limits = &self.config.limits;
         let mut q = self.quota.lock().map_err(|_| ErrorCode::SERVER_ERROR)?;
         if q.total >= limits.allocations {
             return Err(ErrorCode::INSUFFICIENT_CAPACITY);
         }
+        let per_user = if restricted {
+            let access = self.check.as_ref().ok_or(ErrorCode::FORBIDDEN)?;
+            if q.check >= access.allocations {
+                return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            }
+            access.allocations_per_credential
+        } else {
+            limits.allocations_per_user
+        };
         let held = q.per_user.get(user).copied().unwrap_or(0);
-        if held >= limits.allocations_per_user {
+        if held >= per_user {
             return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         q.per_user.insert(Box::from(user), held + 1);
         q.total += 1;
+        if restricted {
+            q.check += 1;
+        }
         Ok(())
     }
 
     /// Undoes one [`Shared::acquire`].
-    pub(crate) fn release(&self, user: &str) {
+    pub(crate) fn release(&self, user: &str, restricted: bool) {
         let Ok(mut q) = self.quota.lock() else { return };
         q.total = q.total.saturating_sub(1);
+        if restricted {
+            q.check = q.check.saturating_sub(1);
+        }
         if let Some(held) = q.per_user.get_mut(user) {
             *held = held.saturating_sub(1);
             if *held == 0 {

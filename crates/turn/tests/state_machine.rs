@@ -2125,3 +2125,337 @@ fn answers_written_over_old_data_carry_none_of_it() {
         );
     }
 }
+
+/// Check credentials (`turnpike_turn::check`): TURN credentials the server
+/// hands to anyone, whose allocations relay to its probe responder only.
+mod check_credentials {
+    use super::*;
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use turnpike_turn::auth::Credentials;
+    use turnpike_turn::check::{self, CheckAccess};
+    use turnpike_turn::policy::{PeerPolicy, PolicyConfig};
+    use turnpike_turn::{Server, Shared};
+
+    const CHECK_KEY: &[u8] = b"the-check-key-never-leaves";
+    /// The probe responder: on the relay address (bound 10.0.0.1, advertised
+    /// 203.0.113.10), ports below the harness's relay ports.
+    const PROBE: &str = "203.0.113.10:40000";
+    const PROBE_BOUND: &str = "10.0.0.1:40005";
+    const PROBE_TCP: &str = "10.0.0.1:40010";
+
+    fn access(allocations: usize, per_credential: usize) -> CheckAccess {
+        CheckAccess {
+            ips: vec!["10.0.0.1".parse().unwrap(), "203.0.113.10".parse().unwrap()],
+            udp_ports: 40_000..=40_009,
+            tcp_port: Some(40_010),
+            allocations,
+            allocations_per_credential: per_credential,
+        }
+    }
+
+    fn harness_with(config: turnpike_turn::Config, access: Option<CheckAccess>) -> Harness {
+        let credentials =
+            Credentials::new(REALM, [("alice", "wonderland")], [b"secret-one".as_slice()])
+                .with_check_key(CHECK_KEY);
+        let t0 = std::time::Instant::now();
+        let mut shared = Shared::new(config, credentials, [42; 32], t0);
+        if let Some(access) = access {
+            shared = shared.with_check_access(access);
+        }
+        Harness {
+            server: Server::new(
+                Arc::new(shared),
+                common::FakeRelays::default(),
+                [1; 32],
+                t0,
+                UNIX_T0,
+            ),
+            t0,
+            now: t0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Loopback allowed, as `--allow-peer 127.0.0.0/8` does in tests.
+    fn harness() -> Harness {
+        harness_with(
+            common::config(Limits::default(), &["127.0.0.0/8"]),
+            Some(access(100, 4)),
+        )
+    }
+
+    /// A check client whose credentials expire `ttl` seconds after UNIX_T0.
+    fn checker(client: &str, random: &str, ttl: u64) -> Client {
+        let username = check::username(UNIX_T0 + ttl, random);
+        let password = auth::rest_password(CHECK_KEY, &username);
+        Client::new(client, &username, &password)
+    }
+
+    fn send_ind(c: &mut Client, to: SocketAddr, data: &[u8]) -> Vec<u8> {
+        let tid = c.tid();
+        build(
+            MessageType::new(Method::SEND, Class::Indication),
+            tid,
+            &[Attr::XorPeerAddress(to), Attr::Data(data)],
+            None,
+            false,
+        )
+    }
+
+    fn permit(h: &mut Harness, c: &mut Client, peers: &[&str]) -> Option<u16> {
+        let attrs: Vec<Attr<'_>> = peers
+            .iter()
+            .map(|p| Attr::XorPeerAddress(peer(p)))
+            .collect();
+        code(&c.call(h, Method::CREATE_PERMISSION, &attrs))
+    }
+
+    #[test]
+    fn they_relay_to_the_probe_responder_and_nowhere_else() {
+        let mut h = harness();
+        let mut c = checker("198.51.100.7:5000", "r1", 300);
+        assert!(is_success(&c.allocate(&mut h)));
+        let id = h.last_allocation();
+        // The responder, by its advertised or its bound address.
+        assert_eq!(permit(&mut h, &mut c, &[PROBE]), None);
+        assert_eq!(permit(&mut h, &mut c, &[PROBE_BOUND]), None);
+        // Anything else is 403, even what the policy lets other users
+        // reach: a public peer, an allowed loopback peer, the responder's
+        // TCP port for a UDP allocation, a port next to the range.
+        for other in [
+            PEER,
+            "127.0.0.1:40000",
+            PROBE_TCP,
+            "10.0.0.1:40011",
+            "203.0.113.10:3478",
+        ] {
+            assert_eq!(permit(&mut h, &mut c, &[other]), Some(403), "{other}");
+        }
+        // All or nothing: one outsider refuses the whole request.
+        let mut c2 = checker("198.51.100.7:5001", "r2", 300);
+        assert!(is_success(&c2.allocate(&mut h)));
+        assert_eq!(
+            permit(&mut h, &mut c2, &["10.0.0.1:40001", PEER]),
+            Some(403)
+        );
+        let data = send_ind(&mut c2, peer("10.0.0.1:40001"), b"x");
+        assert!(matches!(h.send(c2.tuple, &data), Sent::Nothing));
+        // ChannelBind likewise.
+        let sent = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[
+                Attr::ChannelNumber(0x4000),
+                Attr::XorPeerAddress(peer(PEER)),
+            ],
+        );
+        assert_eq!(code(&sent), Some(403));
+        let sent = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[
+                Attr::ChannelNumber(0x4001),
+                Attr::XorPeerAddress(peer("203.0.113.10:40007")),
+            ],
+        );
+        assert!(is_success(&sent));
+        let mut cd = channel_data::header(0x4001, 5).unwrap().to_vec();
+        cd.extend_from_slice(b"probe");
+        let Sent::ToPeer { peer: to, data, .. } = h.send(c.tuple, &cd) else {
+            panic!("ChannelData to the responder is relayed")
+        };
+        assert_eq!(to, peer("10.0.0.1:40007"), "sent to the bound address");
+        assert_eq!(data, b"probe");
+        // Send: the permission is per IP, but only the responder's ports
+        // pass; the host's other services on that IP do not.
+        let to_probe = send_ind(&mut c, peer("203.0.113.10:40003"), b"hi");
+        assert!(matches!(
+            h.send(c.tuple, &to_probe),
+            Sent::ToPeer { peer: p, .. } if p == peer("10.0.0.1:40003")
+        ));
+        let stats_before = h.server.stats().peer_denied.get("not_probe");
+        for port in [22, 3478, 40_010, 50_000] {
+            let bytes = send_ind(&mut c, SocketAddr::new(peer(PROBE).ip(), port), b"x");
+            assert!(matches!(h.send(c.tuple, &bytes), Sent::Nothing), "{port}");
+        }
+        assert_eq!(
+            h.server.stats().peer_denied.get("not_probe"),
+            stats_before + 4
+        );
+        // The client hears from the responder's ports only.
+        assert!(
+            h.peer_datagram(id, peer("10.0.0.1:40000"), b"reply")
+                .is_some()
+        );
+        assert!(
+            h.peer_datagram(id, peer("10.0.0.1:50001"), b"other")
+                .is_none()
+        );
+        assert_eq!(h.server.shared().check_allocations(), 2);
+    }
+
+    #[test]
+    fn the_key_decides_not_the_name() {
+        let mut h = harness();
+        // A check-shaped name signed with the operator's REST secret is an
+        // ordinary REST user: unrestricted.
+        let username = check::username(UNIX_T0 + 300, "operator");
+        let password = auth::rest_password(b"secret-one", &username);
+        let mut op = Client::new("198.51.100.7:5000", &username, &password);
+        assert!(is_success(&op.allocate(&mut h)));
+        assert_eq!(permit(&mut h, &mut op, &[PEER]), None);
+        assert_eq!(h.server.shared().check_allocations(), 0);
+        // A check-shaped name with a made-up password is refused.
+        let username = check::username(UNIX_T0 + 300, "forged");
+        let mut forged = Client::new("198.51.100.7:5001", &username, "guess");
+        assert_eq!(code(&forged.allocate(&mut h)), Some(401));
+        // The check key signs only check-shaped names.
+        let plain = auth::rest_username(UNIX_T0 + 300, "mallory");
+        let password = auth::rest_password(CHECK_KEY, &plain);
+        let mut mallory = Client::new("198.51.100.7:5002", &plain, &password);
+        assert_eq!(code(&mallory.allocate(&mut h)), Some(401));
+        // Without a check access configured, check credentials allocate
+        // nothing.
+        let mut h = harness_with(common::config(Limits::default(), &[]), None);
+        let mut c = checker("198.51.100.7:5003", "r1", 300);
+        assert_eq!(code(&c.allocate(&mut h)), Some(403));
+        assert_eq!(h.server.shared().allocations(), 0);
+    }
+
+    #[test]
+    fn they_expire_like_rest_credentials() {
+        let mut h = harness();
+        let mut c = checker("198.51.100.7:5000", "r1", 60);
+        let sent = c.allocate(&mut h);
+        assert!(is_success(&sent));
+        // The allocation ends with its credentials, whatever it asks for.
+        assert_eq!(lifetime(&sent), 60);
+        h.advance(Duration::from_secs(30));
+        let sent = c.call(&mut h, Method::REFRESH, &[Attr::Lifetime(3600)]);
+        assert_eq!(lifetime(&sent), 30);
+        assert_eq!(h.server.allocation_count(), 1);
+        h.advance(Duration::from_secs(31));
+        assert_eq!(h.server.allocation_count(), 0, "expired with them");
+        assert_eq!(code(&c.allocate(&mut h)), Some(401), "expired: 401");
+        let sent = c.call(
+            &mut h,
+            Method::CREATE_PERMISSION,
+            &[Attr::XorPeerAddress(peer(PROBE))],
+        );
+        assert_eq!(code(&sent), Some(401), "checked on every request");
+        let mut late = checker("198.51.100.7:5001", "r2", 60);
+        assert_eq!(code(&late.allocate(&mut h)), Some(401));
+        assert!(h.server.stats().auth_failures.get("expired") >= 3);
+    }
+
+    #[test]
+    fn they_have_a_quota_of_their_own() {
+        let limits = Limits {
+            allocations: 3,
+            allocations_per_user: 2,
+            ..Limits::default()
+        };
+        let mut h = harness_with(common::config(limits, &[]), Some(access(2, 1)));
+        let mut a = checker("198.51.100.7:1", "a", 300);
+        assert!(is_success(&a.allocate(&mut h)));
+        // One set of credentials holds `allocations_per_credential`.
+        assert_eq!(
+            code(&checker("198.51.100.7:2", "a", 300).allocate(&mut h)),
+            Some(486)
+        );
+        let mut b = checker("198.51.100.7:3", "b", 300);
+        assert!(is_success(&b.allocate(&mut h)));
+        // The check quota is full: 486, while operator users go on.
+        assert_eq!(
+            code(&checker("198.51.100.7:4", "c", 300).allocate(&mut h)),
+            Some(486)
+        );
+        assert!(is_success(
+            &Client::new("198.51.100.7:5", "alice", "wonderland").allocate(&mut h)
+        ));
+        assert_eq!(h.server.shared().check_allocations(), 2);
+        assert_eq!(h.server.shared().allocations(), 3);
+        // Deleting one frees its place.
+        assert_eq!(
+            lifetime(&a.call(&mut h, Method::REFRESH, &[Attr::Lifetime(0)])),
+            0
+        );
+        assert_eq!(h.server.shared().check_allocations(), 1);
+        assert!(is_success(
+            &checker("198.51.100.7:6", "c", 300).allocate(&mut h)
+        ));
+        // They count towards the total: with the server full, even a
+        // check allocation within its own quota gets 508.
+        assert_eq!(
+            lifetime(&b.call(&mut h, Method::REFRESH, &[Attr::Lifetime(0)])),
+            0
+        );
+        assert!(is_success(
+            &Client::new("198.51.100.7:7", "alice", "wonderland").allocate(&mut h)
+        ));
+        assert_eq!(h.server.shared().check_allocations(), 1);
+        assert_eq!(
+            code(&checker("198.51.100.7:8", "d", 300).allocate(&mut h)),
+            Some(508)
+        );
+    }
+
+    #[test]
+    fn tcp_allocations_connect_to_the_responders_tcp_port_only() {
+        let mut h = harness();
+        let mut c = checker("198.51.100.7:5000", "r1", 300);
+        c.tuple.transport = Transport::Tcp;
+        let sent = c.call(&mut h, Method::ALLOCATE, &[Attr::RequestedTransport(6)]);
+        assert!(is_success(&sent), "{:?}", sent.error_code());
+        let id = h.last_allocation();
+        let bytes = c.signed(Method::CONNECT, &[Attr::XorPeerAddress(peer(PROBE_TCP))]);
+        let Sent::Connect { request, .. } = h.send(c.tuple, &bytes) else {
+            panic!("Connect to the responder's TCP port")
+        };
+        assert_eq!(request.peer, peer(PROBE_TCP));
+        for other in [PEER, PROBE_BOUND, "127.0.0.1:40010"] {
+            let bytes = c.signed(Method::CONNECT, &[Attr::XorPeerAddress(peer(other))]);
+            assert_eq!(code(&h.send(c.tuple, &bytes)), Some(403), "{other}");
+        }
+        // No inbound connections, even from the responder's address.
+        assert_eq!(permit(&mut h, &mut c, &[PROBE_TCP]), None);
+        let mut out = vec![0u8; 1500];
+        assert!(
+            h.server
+                .peer_connected(h.now, id, peer("10.0.0.1:40010"), &mut out)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_servers_listeners_and_an_operator_deny_stay_refused() {
+        // A responder range that (wrongly) covers the listener's port:
+        // the listener is still refused.
+        let mut config = common::config(Limits::default(), &[]);
+        config.policy = PeerPolicy::new(PolicyConfig {
+            deny: vec!["10.0.0.1/32".parse().unwrap()],
+            own_ips: vec!["10.0.0.1".parse().unwrap(), "192.0.2.200".parse().unwrap()],
+            listeners: vec!["0.0.0.0:3478".parse().unwrap()],
+            relay_ips: vec!["10.0.0.1".parse().unwrap(), "203.0.113.10".parse().unwrap()],
+            ..PolicyConfig::default()
+        });
+        let wide = CheckAccess {
+            udp_ports: 3000..=4000,
+            ..access(100, 4)
+        };
+        let mut h = harness_with(config, Some(wide));
+        let mut c = checker("198.51.100.7:5000", "r1", 300);
+        assert!(is_success(&c.allocate(&mut h)));
+        let id = h.last_allocation();
+        assert_eq!(h.server.stats().peer_denied.get("listener"), 0);
+        assert_eq!(permit(&mut h, &mut c, &["203.0.113.10:3478"]), Some(403));
+        assert_eq!(h.server.stats().peer_denied.get("listener"), 1);
+        // The operator's deny wins over the responder.
+        assert_eq!(permit(&mut h, &mut c, &["10.0.0.1:3500"]), Some(403));
+        assert_eq!(h.server.stats().peer_denied.get("configured"), 1);
+        let _ = id;
+    }
+}

@@ -64,15 +64,17 @@ impl<R: Relays> Server<R> {
         if wanted.tcp && !tuple.transport.is_stream() {
             return Err(ErrorCode::BAD_REQUEST);
         }
-        let lifetime = self.allocation_lifetime(msg);
+        let lifetime = self
+            .allocation_lifetime(msg)
+            .min(self.credential_left(now, auth));
 
-        self.shared.acquire(&auth.username)?;
+        self.shared.acquire(&auth.username, auth.restricted)?;
         let index = self.free.pop().map_or(self.slots.len(), |i| i as usize);
         let generation = self.slots.get(index).map_or(0, |s| s.generation);
         let id = match u32::try_from(index) {
             Ok(i) => AllocationId::new(i, generation),
             Err(_) => {
-                self.shared.release(&auth.username);
+                self.shared.release(&auth.username, auth.restricted);
                 return Err(ErrorCode::INSUFFICIENT_CAPACITY);
             }
         };
@@ -89,7 +91,7 @@ impl<R: Relays> Server<R> {
         let bound = match bound {
             Ok(bound) => bound,
             Err(code) => {
-                self.shared.release(&auth.username);
+                self.shared.release(&auth.username, auth.restricted);
                 if index < self.slots.len() {
                     self.free.push(u32::try_from(index).unwrap_or(u32::MAX));
                 }
@@ -135,6 +137,7 @@ impl<R: Relays> Server<R> {
             self.bandwidth(),
         );
         alloc.tcp = wanted.tcp;
+        alloc.restricted = auth.restricted;
         let relayed = alloc.relayed();
         match self.slots.get_mut(index) {
             Some(slot) => slot.allocation = Some(alloc),
@@ -260,6 +263,17 @@ impl<R: Relays> Server<R> {
         .ok_or(ErrorCode::SERVER_ERROR)
     }
 
+    /// How long `auth`'s credentials stay valid, for check credentials
+    /// (their allocations end with them, so that the public cannot hold
+    /// the check quota for an hour); unbounded for anyone else.
+    fn credential_left(&self, now: Instant, auth: &Verified) -> Duration {
+        if !auth.restricted {
+            return Duration::MAX;
+        }
+        let expires = crate::auth::rest_expiry(&auth.username).unwrap_or(0);
+        Duration::from_secs(expires.saturating_sub(self.unix_now(now)))
+    }
+
     /// RFC 8656 §7.2: min(requested, max), but never less than the default.
     pub(super) fn allocation_lifetime(&self, msg: &Message<'_>) -> Duration {
         let l = &self.shared.config.lifetimes;
@@ -283,6 +297,7 @@ impl<R: Relays> Server<R> {
     ) -> Result<usize, ErrorCode> {
         let id = self.owned(now, tuple, auth)?;
         let lifetimes = self.shared.config.lifetimes;
+        let left = self.credential_left(now, auth);
         let alloc = live_mut(&mut self.slots, id, now).ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
         let family = match msg.get(AttrType::REQUESTED_ADDRESS_FAMILY) {
             Some(Ok(Attr::RequestedAddressFamily(f))) if alloc.relay(f).is_some() => Some(f),
@@ -297,7 +312,8 @@ impl<R: Relays> Server<R> {
                 Duration::from_secs(u64::from(s)).min(lifetimes.allocation_max)
             }
             _ => lifetimes.allocation_default,
-        };
+        }
+        .min(left);
         if !lifetime.is_zero() {
             alloc.expires = now + lifetime;
         } else if !family.is_some_and(|f| alloc.drop_family(f)) {

@@ -508,6 +508,18 @@ impl<R: Relays> Server<R> {
             self.stats.peer_dropped += 1;
             return None;
         }
+        // A check allocation hears from the probe responder alone, not from
+        // whatever else shares its IP (permissions are per IP).
+        if alloc.restricted
+            && !self
+                .shared
+                .check
+                .as_ref()
+                .is_some_and(|c| c.allows(peer, false) || c.allows(from, false))
+        {
+            self.stats.peer_dropped += 1;
+            return None;
+        }
         if !alloc.to_client_budget.take(bandwidth, len, now) {
             self.stats.over_bandwidth[1] += 1;
             return None;
@@ -723,7 +735,7 @@ impl<R: Relays> Server<R> {
         self.free
             .push(u32::try_from(id.index()).unwrap_or(u32::MAX));
         self.by_tuple.remove(&alloc.tuple);
-        self.shared.release(&alloc.username);
+        self.shared.release(&alloc.username, alloc.restricted);
         let relayed = alloc.relayed();
         if alloc.tcp {
             for addr in [relayed.v4, relayed.v6].into_iter().flatten() {

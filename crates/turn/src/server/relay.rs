@@ -8,7 +8,8 @@ use turnpike_stun::{Attr, AttrType, ErrorCode, Family, Message, channel_data};
 use super::{Output, Relays, Server, live, live_mut};
 use crate::allocation::{Channel, Rebind};
 use crate::auth::Verified;
-use crate::policy::Denied;
+use crate::check::CheckAccess;
+use crate::policy::{Denied, PeerPolicy};
 use crate::{AllocationId, FiveTuple};
 
 impl<R: Relays> Server<R> {
@@ -101,7 +102,19 @@ impl<R: Relays> Server<R> {
             self.stats.client_dropped += 1;
             return Output::None;
         }
-        if let Err(denied) = policy.check_port(peer, Some(relayed), |_| relays.is_relayed(dest)) {
+        let checked = if alloc.restricted {
+            probe_peer(
+                self.shared.check.as_ref(),
+                policy,
+                peer,
+                dest,
+                relayed,
+                false,
+            )
+        } else {
+            policy.check_port(peer, Some(relayed), |_| relays.is_relayed(dest))
+        };
+        if let Err(denied) = checked {
             self.stats.peer_denied.add(denied.as_str());
             return Output::None;
         }
@@ -256,26 +269,49 @@ impl<R: Relays> Server<R> {
         now: Instant,
         peer: SocketAddr,
     ) -> Result<(), ErrorCode> {
-        let relayed = live(&self.slots, id, now)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?
+        let alloc = live(&self.slots, id, now).ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        let (restricted, tcp) = (alloc.restricted, alloc.tcp);
+        let relayed = alloc
             .relay(Family::of(&peer))
             .ok_or(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH)?
             .relayed;
         let dest = self.as_bound(peer);
         let relays = &self.relays;
-        self.shared
-            .config
-            .policy
-            .check(peer, Some(relayed), |_| relays.is_relayed(dest))
-            .map_err(|denied: Denied| {
-                self.stats.peer_denied.add(denied.as_str());
-                ErrorCode::FORBIDDEN
-            })
+        let policy = &self.shared.config.policy;
+        let checked = if restricted {
+            probe_peer(self.shared.check.as_ref(), policy, peer, dest, relayed, tcp)
+        } else {
+            policy.check(peer, Some(relayed), |_| relays.is_relayed(dest))
+        };
+        checked.map_err(|denied: Denied| {
+            self.stats.peer_denied.add(denied.as_str());
+            ErrorCode::FORBIDDEN
+        })
     }
 
     pub(super) fn note_deadline(&mut self, at: Instant) {
         self.next_timeout = Some(self.next_timeout.map_or(at, |t| t.min(at)));
     }
+}
+
+/// The peer check of an allocation made with check credentials
+/// (`crate::check`): the probe responder's addresses only (its UDP range,
+/// or its TCP port for a `tcp` allocation), and even those not when they
+/// are the server's listeners, a relay loop or in an operator `deny`
+/// range, whether named as the client named them or as they are sent to.
+fn probe_peer(
+    check: Option<&CheckAccess>,
+    policy: &PeerPolicy,
+    peer: SocketAddr,
+    dest: SocketAddr,
+    relayed: SocketAddr,
+    tcp: bool,
+) -> Result<(), Denied> {
+    if !check.is_some_and(|c| c.allows(peer, tcp)) {
+        return Err(Denied::NotProbe);
+    }
+    policy.check_probe(peer, Some(relayed))?;
+    policy.check_probe(dest, Some(relayed))
 }
 
 /// The request's XOR-PEER-ADDRESS: 400 when it is missing or malformed.

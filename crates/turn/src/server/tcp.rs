@@ -162,6 +162,14 @@ impl<R: Relays> Server<R> {
         let peer = self.as_advertised(peer);
         let dest = self.as_bound(peer);
         let alloc = live(&self.slots, id, now).filter(|a| a.tcp)?;
+        // The probe responder never connects out: a check allocation
+        // takes no inbound connections.
+        if alloc.restricted {
+            self.stats
+                .peer_denied
+                .add(crate::policy::Denied::NotProbe.as_str());
+            return None;
+        }
         let relay = alloc.relay(Family::of(&peer))?;
         let (relayed, control, username) = (relay.relayed, alloc.tuple, alloc.username.clone());
         if !alloc.permits(peer.ip(), now) {
