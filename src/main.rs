@@ -140,6 +140,11 @@ struct ServeArgs {
     /// (repeatable, one per address family; replaces `drain.alternate`).
     #[arg(long, value_name = "ADDRESS:PORT")]
     drain_alternate: Vec<SocketAddr>,
+    /// Run the probe responder on these UDP ports, at most 1024, which
+    /// `turnpike check` measures the path to the server with (turns
+    /// `probe.enabled` on and replaces `probe.ports`).
+    #[arg(long, value_name = "FIRST-LAST")]
+    probe_ports: Option<PortRange>,
     /// Log level (default info). TURNPIKE_LOG takes fuller filters, e.g.
     /// TURNPIKE_LOG=info,turnpike_server=debug.
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -547,6 +552,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         relay_tcp: args.relay_tcp.then_some(true),
         drain_timeout: args.drain_timeout,
         drain_alternates: args.drain_alternate,
+        probe_ports: args.probe_ports,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -600,6 +606,22 @@ fn print_banner(running: &turnpike_server::Running, config: &Config) {
                 relay.bound, relay.advertised, running.relay_ports
             );
         }
+    }
+    if let Some(probe) = &running.probe {
+        let tcp = probe
+            .tcp_port
+            .map(|p| format!(", tcp port {p}"))
+            .unwrap_or_default();
+        let credentials = if probe.credentials {
+            "; check credentials at /api/v1/profile"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "probe: {} udp ports {}{tcp}{credentials}",
+            probe.ip, probe.ports
+        );
     }
     let uri = running
         .listening

@@ -361,6 +361,23 @@ struct File {
     http: HttpSection,
     #[serde(default)]
     drain: DrainSection,
+    #[serde(default)]
+    probe: ProbeSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeSection {
+    #[serde(default)]
+    enabled: bool,
+    address: Option<toml::Spanned<String>>,
+    ports: Option<toml::Spanned<String>>,
+    tcp_port: Option<toml::Spanned<u16>>,
+    replies_per_second: Option<toml::Spanned<u32>>,
+    credentials: Option<toml::Spanned<bool>>,
+    credential_ttl: Option<toml::Spanned<u64>>,
+    credentials_per_minute: Option<toml::Spanned<u32>>,
+    max_check_allocations: Option<toml::Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -459,6 +476,8 @@ pub struct Overrides {
     pub relay_tcp: Option<bool>,
     pub drain_timeout: Option<u64>,
     pub drain_alternates: Vec<SocketAddr>,
+    /// Turns the probe responder on, on these UDP ports.
+    pub probe_ports: Option<PortRange>,
 }
 
 /// Limits on TCP and TLS connections.
@@ -516,6 +535,56 @@ impl Default for Drain {
     }
 }
 
+/// The most UDP ports the probe responder listens on (a socket each).
+pub const MAX_PROBE_PORTS: usize = 1024;
+
+/// The probe responder (`[probe]`), and the check credentials handed out
+/// with the server's profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Off unless asked for.
+    pub enabled: bool,
+    /// Where it listens; `None`: the IPv4 relay address (`relay.address`,
+    /// or the one found at start).
+    pub address: Option<IpAddr>,
+    /// Its UDP ports, one socket each (at most [`MAX_PROBE_PORTS`]).
+    pub ports: PortRange,
+    /// A TCP port too, if given (0: one the system picks).
+    pub tcp_port: Option<u16>,
+    /// Replies per second to one source (an IPv4 address or an IPv6 /64),
+    /// in bursts of as many; beyond it requests are dropped.
+    pub replies_per_second: u32,
+    /// `GET /api/v1/profile` includes check credentials, which may relay
+    /// only to this responder.
+    pub credentials: bool,
+    /// How long check credentials stay valid, in seconds.
+    pub credential_ttl: u64,
+    /// Check credentials one source IP may get per minute; beyond it the
+    /// profile request gets 429.
+    pub credentials_per_minute: u32,
+    /// Allocations made with check credentials alive at once.
+    pub max_check_allocations: usize,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: None,
+            ports: PortRange {
+                first: 50_000,
+                last: 50_009,
+            },
+            tcp_port: None,
+            replies_per_second: 100,
+            credentials: false,
+            credential_ttl: 300,
+            credentials_per_minute: 10,
+            max_check_allocations: 100,
+        }
+    }
+}
+
 /// The HTTP side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http {
@@ -557,6 +626,7 @@ pub struct Config {
     pub drain: Drain,
     /// RFC 6062 TCP relaying.
     pub relay_tcp: bool,
+    pub probe: Probe,
 }
 
 impl Config {
@@ -876,9 +946,12 @@ impl Config {
             )?;
         }
 
+        let probe = resolve_probe(&file.probe, o, &listen, http.address)?;
+
         Ok(Self {
             realm,
             hostname,
+            probe,
             streams,
             http,
             drain,
@@ -909,6 +982,139 @@ impl Config {
             limits,
         })
     }
+}
+
+fn resolve_probe(
+    section: &ProbeSection,
+    o: &Overrides,
+    listen: &[Listen],
+    http: Option<SocketAddr>,
+) -> Result<Probe, Located> {
+    let defaults = Probe::default();
+    let (ports, ports_at) = match (o.probe_ports, &section.ports) {
+        (Some(p), _) => (p, None),
+        (None, Some(p)) => (
+            p.get_ref()
+                .parse::<PortRange>()
+                .map_err(|m| Located::at(p, "probe.ports", m))?,
+            Some(p),
+        ),
+        (None, None) => (defaults.ports, None),
+    };
+    let ports_error = |message: String| match ports_at {
+        Some(p) => Located::at(p, "probe.ports", message),
+        None if o.probe_ports.is_some() => Located::flag("--probe-ports", message),
+        None => Located::plain("probe.ports", message),
+    };
+    if ports.len() > MAX_PROBE_PORTS {
+        return Err(ports_error(format!(
+            "{ports} is {} ports; the responder listens on at most {MAX_PROBE_PORTS} (a socket each)",
+            ports.len()
+        )));
+    }
+    let enabled = section.enabled || o.probe_ports.is_some();
+    let address = match &section.address {
+        Some(a) => Some(
+            parse_ip(a.get_ref())
+                .and_then(check_probe_address)
+                .map_err(|m| Located::at(a, "probe.address", m))?,
+        ),
+        None => None,
+    };
+    let tcp_port = section.tcp_port.as_ref().map(|p| *p.get_ref());
+    let replies_per_second = match &section.replies_per_second {
+        Some(r) if !(1..=1_000_000).contains(r.get_ref()) => {
+            return Err(Located::at(
+                r,
+                "probe.replies_per_second",
+                "must be between 1 and 1000000",
+            ));
+        }
+        Some(r) => *r.get_ref(),
+        None => defaults.replies_per_second,
+    };
+    let credentials = match &section.credentials {
+        Some(c) if *c.get_ref() && !enabled => {
+            return Err(Located::at(
+                c,
+                "probe.credentials",
+                "check credentials relay only to the probe responder: set [probe] enabled = true as well",
+            ));
+        }
+        Some(c) => *c.get_ref(),
+        None => false,
+    };
+    let credential_ttl = match &section.credential_ttl {
+        Some(t) if !(1..=3600).contains(t.get_ref()) => {
+            return Err(Located::at(
+                t,
+                "probe.credential_ttl",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        Some(t) => *t.get_ref(),
+        None => defaults.credential_ttl,
+    };
+    let credentials_per_minute = match &section.credentials_per_minute {
+        Some(c) if !(1..=10_000).contains(c.get_ref()) => {
+            return Err(Located::at(
+                c,
+                "probe.credentials_per_minute",
+                "must be between 1 and 10000",
+            ));
+        }
+        Some(c) => *c.get_ref(),
+        None => defaults.credentials_per_minute,
+    };
+    let max_check_allocations = match &section.max_check_allocations {
+        Some(m) if *m.get_ref() == 0 => {
+            return Err(Located::at(
+                m,
+                "probe.max_check_allocations",
+                "must be at least 1 (set credentials = false to hand out none)",
+            ));
+        }
+        Some(m) => *m.get_ref(),
+        None => defaults.max_check_allocations,
+    };
+    if enabled {
+        // The responder must not take, or pose as, a port of the server's
+        // own: check credentials may reach every probe port.
+        if let Some(l) = listen.iter().find(|l| {
+            !l.transport.is_stream() && l.address.port() != 0 && ports.contains(l.address.port())
+        }) {
+            return Err(ports_error(format!(
+                "{ports} includes the port of the listener {l}"
+            )));
+        }
+        if let Some(at) = section.tcp_port.as_ref().filter(|p| *p.get_ref() != 0) {
+            let port = *at.get_ref();
+            let taken = listen
+                .iter()
+                .filter(|l| l.transport.is_stream())
+                .map(|l| l.address)
+                .chain(http)
+                .find(|a| a.port() == port);
+            if let Some(a) = taken {
+                return Err(Located::at(
+                    at,
+                    "probe.tcp_port",
+                    format!("{port} is the port of the server's own TCP listener {a}"),
+                ));
+            }
+        }
+    }
+    Ok(Probe {
+        enabled,
+        address,
+        ports,
+        tcp_port,
+        replies_per_second,
+        credentials,
+        credential_ttl,
+        credentials_per_minute,
+        max_check_allocations,
+    })
 }
 
 fn resolve_drain(section: &DrainSection) -> Result<Drain, Located> {
@@ -1015,6 +1221,18 @@ fn check_api_key(key: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+fn check_probe_address(ip: IpAddr) -> Result<IpAddr, String> {
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} is a wildcard; give the one address the responder listens and answers on (default: the relay address)"
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(format!("{ip} is a multicast address"));
+    }
+    Ok(ip)
 }
 
 fn check_relay_address(ip: IpAddr) -> Result<IpAddr, String> {
@@ -1224,6 +1442,13 @@ deny = []
         assert_eq!(c.http.api_keys.len(), 1);
         assert_eq!(c.drain.timeout, Drain::default().timeout);
         assert_eq!(c.drain.alternates, vec!["127.0.0.1:3479".parse().unwrap()]);
+        assert_eq!(
+            c.probe,
+            Probe {
+                tcp_port: Some(50_010),
+                ..Probe::default()
+            }
+        );
     }
 
     #[test]
@@ -1375,6 +1600,62 @@ deny = []
                 "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:1\"\n",
                 "turnpike.toml:1: listen: 127.0.0.1:1 is listed twice for UDP",
             ),
+            (
+                "[probe]\nenabled = true\nports = \"50009-50000\"\n",
+                "turnpike.toml:3: probe.ports: \"50009-50000\": the first port must be between 1 and the last",
+            ),
+            (
+                "[probe]\nenabled = true\nports = \"40000-41024\"\n",
+                "turnpike.toml:3: probe.ports: 40000-41024 is 1025 ports; the responder listens on at most 1024 (a socket each)",
+            ),
+            (
+                "[probe]\nenabled = true\naddress = \"0.0.0.0\"\n",
+                "turnpike.toml:3: probe.address: 0.0.0.0 is a wildcard",
+            ),
+            (
+                "[probe]\naddress = \"nope\"\n",
+                "turnpike.toml:2: probe.address: \"nope\" is not an IP address",
+            ),
+            (
+                "[probe]\ncredentials = true\n",
+                "turnpike.toml:2: probe.credentials: check credentials relay only to the probe responder: set [probe] enabled = true as well",
+            ),
+            (
+                "[probe]\nenabled = true\ncredential_ttl = 3601\n",
+                "turnpike.toml:3: probe.credential_ttl: must be between 1 and 3600 seconds",
+            ),
+            (
+                "[probe]\nenabled = true\nreplies_per_second = 0\n",
+                "turnpike.toml:3: probe.replies_per_second: must be between 1 and 1000000",
+            ),
+            (
+                "[probe]\nenabled = true\ncredentials_per_minute = 0\n",
+                "turnpike.toml:3: probe.credentials_per_minute: must be between 1 and 10000",
+            ),
+            (
+                "[probe]\nenabled = true\nmax_check_allocations = 0\n",
+                "turnpike.toml:3: probe.max_check_allocations: must be at least 1",
+            ),
+            (
+                "[probe]\nenabled = true\ntcp_port = 70000\n",
+                "turnpike.toml:3: probe.tcp_port: ",
+            ),
+            (
+                "[probe]\nenable = true\n",
+                "turnpike.toml:2: probe.enable: unknown field `enable`",
+            ),
+            (
+                "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:50005\"\n[probe]\nenabled = true\nports = \"50000-50009\"\n",
+                "turnpike.toml:6: probe.ports: 50000-50009 includes the port of the listener udp://127.0.0.1:50005",
+            ),
+            (
+                "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:3478\"\n[probe]\nenabled = true\ntcp_port = 3478\n",
+                "turnpike.toml:6: probe.tcp_port: 3478 is the port of the server's own TCP listener 127.0.0.1:3478",
+            ),
+            (
+                "[http]\naddress = \"127.0.0.1:8080\"\n[probe]\nenabled = true\ntcp_port = 8080\n",
+                "turnpike.toml:5: probe.tcp_port: 8080 is the port of the server's own TCP listener 127.0.0.1:8080",
+            ),
         ];
         for (text, want) in cases {
             let err = load(text).unwrap_err().to_string();
@@ -1383,6 +1664,68 @@ deny = []
                 "for {text:?}\n got: {err}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn probe_section() {
+        let c = load("").unwrap();
+        assert_eq!(c.probe, Probe::default());
+        assert!(!c.probe.enabled && !c.probe.credentials, "off by default");
+        assert_eq!(c.probe.ports.to_string(), "50000-50009");
+        assert_eq!(
+            (c.probe.credential_ttl, c.probe.max_check_allocations),
+            (300, 100)
+        );
+        let c = load(
+            "[probe]\nenabled = true\naddress = \"192.0.2.9\"\nports = \"40000-41023\"\ntcp_port = 40000\nreplies_per_second = 20\ncredentials = true\ncredential_ttl = 60\ncredentials_per_minute = 3\nmax_check_allocations = 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.probe,
+            Probe {
+                enabled: true,
+                address: Some("192.0.2.9".parse().unwrap()),
+                ports: PortRange {
+                    first: 40_000,
+                    last: 41_023
+                },
+                tcp_port: Some(40_000),
+                replies_per_second: 20,
+                credentials: true,
+                credential_ttl: 60,
+                credentials_per_minute: 3,
+                max_check_allocations: 5,
+            }
+        );
+        // Off, the responder's ports may be anything.
+        let c = load("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:50000\"\n").unwrap();
+        assert!(!c.probe.enabled);
+        // The flag turns it on, on its ports, and is checked like the key.
+        let o = Overrides {
+            probe_ports: Some("41000-41001".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let c = Config::load(None, &o).unwrap();
+        assert!(c.probe.enabled);
+        assert_eq!(c.probe.ports.len(), 2);
+        let o = Overrides {
+            probe_ports: Some("1-2000".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let e = Config::load(None, &o).unwrap_err().to_string();
+        assert!(
+            e.starts_with("flag --probe-ports: 1-2000 is 2000 ports"),
+            "{e}"
+        );
+        let o = Overrides {
+            probe_ports: Some("3478-3479".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let e = Config::load(None, &o).unwrap_err().to_string();
+        assert!(
+            e.contains("includes the port of the listener udp://0.0.0.0:3478"),
+            "{e}"
+        );
     }
 
     #[test]

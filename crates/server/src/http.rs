@@ -1,16 +1,20 @@
-//! The HTTP side: health, Prometheus metrics and ephemeral credentials,
-//! served on listeners with `http = true` (next to TURN, on the same port)
-//! and on `[http] address`.
+//! The HTTP side: health, Prometheus metrics, ephemeral credentials and
+//! the server's profile (with check credentials, when `[probe]` hands them
+//! out), served on listeners with `http = true` (next to TURN, on the same
+//! port) and on `[http] address`.
 
 use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::collector::Collector;
@@ -19,12 +23,18 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use rand::Rng as _;
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use turnpike_turn::{Counts, Shared, Stats, auth};
+use turnpike_profile::{CheckCredentials, Published};
+use turnpike_turn::policy::canonical;
+use turnpike_turn::ratelimit::RateLimiter;
+use turnpike_turn::{Counts, Shared, Stats, auth, check};
 
+use crate::probe::Counters;
 use crate::relay::ReservedPort;
+use crate::tls::CertStore;
 
 /// What one shard last reported.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +87,52 @@ pub struct Minter {
     pub api_keys: Vec<String>,
 }
 
+/// What `GET /api/v1/profile` answers with.
+#[derive(Debug)]
+pub(crate) struct ProfileApi {
+    /// The profile of the live configuration, without the parts made per
+    /// request.
+    pub(crate) published: Published,
+    /// The certificate whose issuer is published (the first TLS
+    /// listener's), read at each request: a reloaded one shows.
+    pub(crate) certificate: Option<Arc<CertStore>>,
+    pub(crate) check: Option<CheckMinter>,
+}
+
+/// Mints check credentials (`turnpike_turn::check`), per source at a
+/// limited rate.
+pub(crate) struct CheckMinter {
+    /// The check key: drawn at start, never leaves the process.
+    pub(crate) key: [u8; 32],
+    /// Seconds the credentials stay valid.
+    pub(crate) ttl: u64,
+    /// Per source IP (an IPv6 /64).
+    pub(crate) limiter: Mutex<RateLimiter>,
+}
+
+impl std::fmt::Debug for CheckMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckMinter")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckMinter {
+    fn mint(&self, unix_now: u64) -> CheckCredentials {
+        let mut random = [0u8; 12];
+        rand::rng().fill_bytes(&mut random);
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let username = check::username(unix_now.saturating_add(self.ttl), &random);
+        let password = auth::rest_password(&self.key, &username);
+        CheckCredentials {
+            username,
+            password,
+            ttl_s: self.ttl,
+        }
+    }
+}
+
 /// Everything the HTTP side needs.
 #[derive(Debug)]
 pub struct HttpState {
@@ -85,6 +141,9 @@ pub struct HttpState {
     /// What the shards share; `/healthz` and `/metrics` read whether the
     /// server drains from it.
     pub(crate) shared: Arc<Shared<ReservedPort>>,
+    pub(crate) profile: ProfileApi,
+    /// The probe responder's counters, when it runs.
+    pub(crate) probe: Option<Arc<Counters>>,
 }
 
 /// The routes.
@@ -93,15 +152,28 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/credentials", post(credentials))
+        .route("/api/v1/profile", get(profile))
         .with_state(state)
 }
 
-/// Serves one HTTP/1.1 or HTTP/2 connection.
-pub(crate) async fn serve<I>(io: I, router: Option<Router>) -> io::Result<()>
+/// Serves one HTTP/1.1 or HTTP/2 connection from `client` (per-source
+/// limits count by its address).
+pub(crate) async fn serve_from<I>(
+    io: I,
+    router: Option<Router>,
+    client: SocketAddr,
+) -> io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(router) = router else { return Ok(()) };
+    serve_router(io, router.layer(Extension(ConnectInfo(client)))).await
+}
+
+async fn serve_router<I>(io: I, router: Router) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(router))
         .await
@@ -136,7 +208,8 @@ pub(crate) fn spawn_plain(
                 let stop = async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 };
-                if let Err(e) = axum::serve(listener, router)
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(listener, service)
                     .with_graceful_shutdown(stop)
                     .await
                 {
@@ -159,9 +232,18 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static s
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut registry = Registry::default();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     registry.register_collector(Box::new(Collected {
         shards: state.reports.snapshot(),
         draining: state.shared.is_draining(),
+        probe: state
+            .probe
+            .as_ref()
+            .map(|c| [load(&c.answered), load(&c.rate_limited), load(&c.malformed)]),
+        check_allocations: state
+            .shared
+            .check_access()
+            .map(|_| state.shared.check_allocations()),
     }));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &registry) {
@@ -246,6 +328,53 @@ async fn credentials(
     .into_response()
 }
 
+/// The server's profile (`turnpike_profile::Published`, JSON): public,
+/// since it only describes the server. With `[probe] credentials`, each
+/// answer carries fresh check credentials, at most
+/// `credentials_per_minute` per source IP (then 429 with Retry-After).
+async fn profile(
+    State(state): State<Arc<HttpState>>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
+    let api = &state.profile;
+    let mut published = api.published.clone();
+    published.tls_issuer = api.certificate.as_deref().and_then(issuer);
+    if let Some(minter) = &api.check {
+        // A connection whose address is unknown counts as one source with
+        // every other such connection.
+        let source = client.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |c| canonical(c.0.0.ip()));
+        let refused = match minter.limiter.lock() {
+            Ok(mut l) => (!l.allow(source, Instant::now())).then(|| l.refill_time()),
+            Err(_) => Some(std::time::Duration::from_secs(60)),
+        };
+        if let Some(retry) = refused {
+            let retry = retry.as_secs().max(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry.to_string())],
+                "too many check credentials for this address; try again later\n",
+            )
+                .into_response();
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        published.credentials = Some(minter.mint(now));
+        return ([(header::CACHE_CONTROL, "no-store")], axum::Json(published)).into_response();
+    }
+    axum::Json(published).into_response()
+}
+
+/// The issuer of the certificate `store` presents, as RFC 4514 text (as
+/// `turnpike check` reads it from the handshake).
+fn issuer(store: &CertStore) -> Option<String> {
+    let key = store.current()?;
+    let leaf = key.cert.first()?;
+    x509_parser::parse_x509_certificate(leaf.as_ref())
+        .ok()
+        .map(|(_, cert)| cert.issuer().to_string())
+}
+
 /// The shards' reports, summed, as Prometheus metrics. Labels come from
 /// fixed sets: transport, direction, reason, outcome; never a user name or
 /// an address.
@@ -253,6 +382,10 @@ async fn credentials(
 struct Collected {
     shards: Vec<ShardReport>,
     draining: bool,
+    /// The probe responder's requests answered, rate-limited, malformed.
+    probe: Option<[u64; 3]>,
+    /// Allocations made with check credentials, when they are on.
+    check_allocations: Option<usize>,
 }
 
 impl Collector for Collected {
@@ -399,7 +532,31 @@ impl Collector for Collected {
             "turnpike_rate_limited",
             "Answers to unauthenticated requests withheld by the rate limit",
             sum(|s| s.stats.rate_limited),
-        )
+        )?;
+        if let Some([answered, limited, malformed]) = self.probe {
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "turnpike_probe_requests",
+                "Requests to the probe responder, by outcome",
+                "outcome",
+                [
+                    ("answered", answered),
+                    ("rate_limited", limited),
+                    ("malformed", malformed),
+                ],
+            )?;
+        }
+        if let Some(n) = self.check_allocations {
+            single(
+                &mut encoder,
+                Kind::Gauge,
+                "turnpike_check_allocations",
+                "Allocations made with check credentials, alive",
+                count(n),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,8 @@
 //! - `tcp_relay`: RFC 6062 peer connections: Connect, accept, bind, join.
 //! - `stream`: TURN over TCP and TLS, and the port shared with HTTP(S).
 //! - `http`, `tls`: the HTTP side and certificates.
+//! - `probe`: the probe responder (`[probe]`), and the profile the HTTP
+//!   side publishes.
 //! - `listener`: batched receive with destination addresses.
 //! - `sys`: the socket options that need `unsafe`.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod http;
 mod listener;
 pub mod net;
+mod probe;
 mod relay;
 pub mod serve;
 mod shard;

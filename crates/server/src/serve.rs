@@ -13,11 +13,14 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 use turnpike_turn::auth::Credentials;
+use turnpike_turn::check::CheckAccess;
 use turnpike_turn::policy::{PeerPolicy, PolicyConfig};
+use turnpike_turn::ratelimit::RateLimiter;
 use turnpike_turn::{Lifetimes, RelayIp, Shared};
 
 use crate::config::{Config, Listen, ListenTransport, PortRange};
-use crate::http::{self, HttpState, Minter, Reports};
+use crate::http::{self, CheckMinter, HttpState, Minter, ProfileApi, Reports};
+use crate::probe::{self, Described, ProbeAt};
 use crate::relay::{PortPool, ReservedPort};
 use crate::shard::{self, ShardSetup};
 use crate::stream::{OpenConnections, StreamListener};
@@ -27,6 +30,21 @@ use crate::{net, state};
 
 /// How often certificate files are checked for changes.
 const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Allocations one set of check credentials may hold at once: enough for
+/// a check over UDP, TCP and TLS at the same time.
+const CHECK_ALLOCATIONS_PER_CREDENTIAL: usize = 4;
+
+/// Where the probe responder listens (`[probe]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeListening {
+    pub ip: IpAddr,
+    pub ports: PortRange,
+    /// The TCP port, as bound.
+    pub tcp_port: Option<u16>,
+    /// Whether `GET /api/v1/profile` hands out check credentials.
+    pub credentials: bool,
+}
 
 /// Where the REST secret came from, when none was configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +78,8 @@ pub struct Running {
     pub credentials_api: bool,
     /// How long [`Running::drain`] lets allocations go on.
     pub drain_timeout: Duration,
+    /// The probe responder, when it runs.
+    pub probe: Option<ProbeListening>,
     certificates: Vec<Arc<CertStore>>,
     shared: Arc<Shared<ReservedPort>>,
     shutdown: watch::Sender<bool>,
@@ -201,9 +221,25 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         .map(std::net::TcpListener::local_addr)
         .transpose()?;
 
+    // The probe responder: bound now, before any relay could take one of
+    // its ports.
+    let probe_bound = if config.probe.enabled {
+        let ip = config
+            .probe
+            .address
+            .or_else(|| relays.iter().map(|r| r.bound).find(IpAddr::is_ipv4))
+            .or_else(|| relays.first().map(|r| r.bound))
+            .ok_or_else(|| anyhow!("no address for the probe responder: set [probe] address"))?;
+        Some(probe::bind(ip, config.probe.ports, config.probe.tcp_port)?)
+    } else {
+        None
+    };
+
     // TLS: every TLS listener, and every TCP listener shared with HTTP
     // (where a client may start a handshake), presents a certificate.
     let mut certificates: Vec<Arc<CertStore>> = Vec::new();
+    // The first TLS listener's, whose issuer the profile publishes.
+    let mut published_certificate: Option<Arc<CertStore>> = None;
     let mut generated: Option<Arc<CertStore>> = None;
     let mut acceptors = Vec::new();
     for listen in &listening {
@@ -243,6 +279,9 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
                 }
             },
         };
+        if listen.transport == ListenTransport::Tls && published_certificate.is_none() {
+            published_certificate = Some(Arc::clone(&store));
+        }
         let tls_config = tls::server_config(store, listen.http).map_err(|e| anyhow!(e))?;
         acceptors.push(Some(TlsAcceptor::from(tls_config)));
     }
@@ -310,16 +349,66 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     if credentials.is_empty() {
         bail!("no users or secrets: nobody could authenticate");
     }
-    let shared = Arc::new(Shared::new(
-        turn_config,
-        credentials,
-        random(),
-        Instant::now(),
-    ));
+    // Check credentials: signed with a key of their own, drawn now and
+    // never shown, so that they can be neither forged nor taken for an
+    // operator's REST credentials; they relay to the probe responder only.
+    let check = probe_bound
+        .as_ref()
+        .filter(|_| config.probe.credentials)
+        .map(|bound| {
+            let access = CheckAccess {
+                ips: probe::probe_ips(bound.ip, &relays),
+                udp_ports: bound.ports.first..=bound.ports.last,
+                tcp_port: bound.tcp_port,
+                allocations: config.probe.max_check_allocations,
+                allocations_per_credential: CHECK_ALLOCATIONS_PER_CREDENTIAL,
+            };
+            (random(), access)
+        });
+    let credentials = match &check {
+        Some((key, _)) => credentials.with_check_key(key),
+        None => credentials,
+    };
+    let mut shared = Shared::new(turn_config, credentials, random(), Instant::now());
+    let mut check_minter = None;
+    if let Some((key, access)) = check {
+        shared = shared.with_check_access(access);
+        let per_minute = config.probe.credentials_per_minute;
+        check_minter = Some(CheckMinter {
+            key,
+            ttl: config.probe.credential_ttl,
+            limiter: Mutex::new(RateLimiter::per_period(
+                per_minute,
+                Duration::from_secs(60),
+                per_minute,
+                Instant::now(),
+                rand::rng().next_u64(),
+            )),
+        });
+    }
+    let shared = Arc::new(shared);
+    let published = probe::published(&Described {
+        listening: &listening,
+        relays: &relays,
+        hostname: config.hostname.as_deref(),
+        probe: probe_bound.as_ref().map(ProbeAt::from),
+    });
+    if let Err(e) = published.profile.validate() {
+        warn!(error = %e, "the published profile does not validate");
+    }
+    let probe_counters = probe_bound
+        .as_ref()
+        .map(|_| Arc::new(probe::Counters::default()));
     let router = http::router(Arc::new(HttpState {
         reports: Arc::clone(&reports),
         minter,
         shared: Arc::clone(&shared),
+        profile: ProfileApi {
+            published,
+            certificate: published_certificate,
+            check: check_minter,
+        },
+        probe: probe_counters.clone(),
     }));
     let pool = Arc::new(Mutex::new(PortPool::new(config.relay_ports)));
     let open_connections = Arc::new(OpenConnections::default());
@@ -357,6 +446,23 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         };
         threads_running.push(shard::spawn(setup).context("cannot start a shard thread")?);
     }
+    let probe = probe_bound.as_ref().map(|bound| ProbeListening {
+        ip: bound.ip,
+        ports: bound.ports,
+        tcp_port: bound.tcp_port,
+        credentials: config.probe.credentials,
+    });
+    if let (Some(bound), Some(counters)) = (probe_bound, probe_counters) {
+        threads_running.push(
+            probe::spawn(
+                bound,
+                config.probe.replies_per_second,
+                counters,
+                watcher.clone(),
+            )
+            .context("cannot start the probe responder")?,
+        );
+    }
     if let Some(listener) = http_listener {
         threads_running.push(
             http::spawn_plain(listener, router, watcher).context("cannot start the HTTP thread")?,
@@ -377,6 +483,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         urls,
         credentials_api,
         drain_timeout: config.drain.timeout,
+        probe,
         certificates,
         shared,
         shutdown,

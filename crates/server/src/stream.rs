@@ -233,7 +233,7 @@ async fn connection(
                     .await
                 }
                 (Carries::Http | Carries::Tls, _) => {
-                    crate::http::serve(io, serves.router.clone()).await
+                    crate::http::serve_from(io, serves.router.clone(), client).await
                 }
             }
         }
@@ -293,7 +293,12 @@ async fn tls(
             .await
         }
         Some(p) if ALPN_HTTP.contains(&p) => {
-            crate::http::serve(Prefixed::new(stream, Vec::new()), serves.router.clone()).await
+            crate::http::serve_from(
+                Prefixed::new(stream, Vec::new()),
+                serves.router.clone(),
+                tuple.client,
+            )
+            .await
         }
         _ => {
             // Most TURN clients name no protocol: the first byte decides.
@@ -301,7 +306,12 @@ async fn tls(
             if matches!(first.first(), Some(0x00..=0x01)) {
                 turn(shard, Prefixed::new(stream, first), tuple, serves.limits).await
             } else {
-                crate::http::serve(Prefixed::new(stream, first), serves.router.clone()).await
+                crate::http::serve_from(
+                    Prefixed::new(stream, first),
+                    serves.router.clone(),
+                    tuple.client,
+                )
+                .await
             }
         }
     }
