@@ -307,7 +307,7 @@ fn main() -> ExitCode {
 fn check(args: &CheckArgs) -> ExitCode {
     use std::io::IsTerminal as _;
     use turnpike_check::report::{Check, Report, Status, Verdict};
-    use turnpike_check::{Plan, Progress, fetch, render};
+    use turnpike_check::{Plan, ProbeTarget, Progress, fetch, render};
 
     let usage = |m: &str| {
         eprintln!("turnpike check: {m}");
@@ -336,6 +336,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                 tls_issuer: None,
                 budget,
                 proxy: turnpike_check::Proxy::from_env(),
+                probe: None,
             },
             Err(e) => return usage(&e.to_string()),
         },
@@ -348,15 +349,25 @@ fn check(args: &CheckArgs) -> ExitCode {
             // checks'.
             let deadline = tokio::time::Instant::now() + budget / 3;
             match runtime.block_on(fetch::published(&base, deadline)) {
-                Ok((published, _seen)) => Plan {
-                    profile: published.profile,
-                    target: url.clone(),
-                    credentials: credentials
-                        .or(published.credentials.map(|c| (c.username, c.password))),
-                    tls_issuer: published.tls_issuer,
-                    budget: budget.saturating_sub(started.elapsed()),
-                    proxy: turnpike_check::Proxy::from_env(),
-                },
+                Ok((published, _seen)) => {
+                    // Credentials given on the command line are the
+                    // operator's: they relay anywhere the server allows.
+                    let check_credentials =
+                        credentials.is_none() && published.credentials.is_some();
+                    Plan {
+                        profile: published.profile,
+                        target: url.clone(),
+                        credentials: credentials
+                            .or(published.credentials.map(|c| (c.username, c.password))),
+                        tls_issuer: published.tls_issuer,
+                        budget: budget.saturating_sub(started.elapsed()),
+                        proxy: turnpike_check::Proxy::from_env(),
+                        probe: published.probe.map(|p| ProbeTarget {
+                            udp_endpoint: p.udp_endpoint,
+                            relay_to_it: check_credentials,
+                        }),
+                    }
+                }
                 Err(e) => {
                     // Without the server's profile, the one thing known is
                     // that its HTTPS side cannot be reached from here.

@@ -165,6 +165,99 @@ fn a_reachable_server_is_ready_and_relays_between_two_allocations() {
     );
 }
 
+/// A server with a probe responder on ten UDP ports and check
+/// credentials, listening on UDP, TCP, and TLS shared with HTTPS.
+fn server_with_probe() -> (ServerProcess, ConfigFile) {
+    let (first, last) = free_udp_range(10);
+    let config = config_file(&format!(
+        "[probe]\nenabled = true\nports = \"{first}-{last}\"\ncredentials = true\n"
+    ));
+    let mut args = loopback_args();
+    args.extend([
+        "--config",
+        config.path.as_str(),
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "tls://127.0.0.1:0?http=true",
+        "--http-address",
+        "127.0.0.1:0",
+    ]);
+    (ServerProcess::start(&args), config)
+}
+
+#[test]
+fn a_turnpike_server_checked_by_its_url_is_ready_with_its_own_check_credentials() {
+    let (server, _config) = server_with_probe();
+    let url = format!("https://{}", server.addr_for(Via::Tls { alpn: false }));
+    let started = std::time::Instant::now();
+    let (code, out, err) = check(&[&url, "--json"]);
+    let took = started.elapsed();
+    let r = report(&out);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(r["verdict"], "ready", "{r:#}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_eq!(r["target"], url.as_str());
+    // Every check passed, none skipped: the media range answered, and
+    // TURN over each transport relayed to the probe responder with the
+    // credentials the server handed out.
+    for c in r["checks"].as_array().unwrap() {
+        assert_eq!(c["status"], "pass", "{c:#}");
+    }
+    let media = check_of(&r, "udp-range:media");
+    let detail = media["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("8 of 8 ports sampled answered"),
+        "{media:#}"
+    );
+    assert!(
+        detail.contains("the server saw this host as 127.0.0.1:"),
+        "{media:#}"
+    );
+    assert_eq!(media["unit"], "ms");
+    for id in [
+        "turn-udp:turn-udp",
+        "turn-tcp:turn-tcp",
+        "turn-tls:turn-tls",
+    ] {
+        let c = check_of(&r, id);
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .contains("relayed to the probe responder"),
+            "{c:#}"
+        );
+    }
+    // The certificate is the one the server publishes: not intercepted.
+    let https = check_of(&r, "https:https");
+    assert!(
+        https["detail"]
+            .as_str()
+            .unwrap()
+            .contains("as the server publishes"),
+        "{https:#}"
+    );
+    // The allocations were given back, and nothing was relayed anywhere
+    // but to the responder.
+    let metrics = server.metrics_when(std::time::Instant::now() + Duration::from_secs(10), |m| {
+        metric(m, "turnpike_check_allocations") == 0
+    });
+    assert_eq!(
+        metric(&metrics, "turnpike_peer_denied_total{reason=\"not_probe\"}"),
+        0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "turnpike_probe_requests_total{outcome=\"answered\"}"
+        ) >= 11
+    );
+    stop_cleanly(server);
+}
+
 #[test]
 fn udp_blocked_with_a_tls_fallback_is_degraded_and_names_the_udp_rule() {
     let server = ServerProcess::start_every_transport(&loopback_args());

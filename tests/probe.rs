@@ -24,22 +24,6 @@ use turnpike_stun::{
     TransactionId, channel_data,
 };
 
-/// `n` consecutive UDP ports free on 127.0.0.1 right now, below the
-/// ephemeral range (so that the system hands none of them out meanwhile)
-/// and away from the relay range.
-fn free_udp_range(n: u16) -> (u16, u16) {
-    for _ in 0..200 {
-        let first: u16 = rand::random_range(20_000..30_000);
-        let held: Result<Vec<UdpSocket>, _> = (first..first + n)
-            .map(|p| UdpSocket::bind(("127.0.0.1", p)))
-            .collect();
-        if held.is_ok() {
-            return (first, first + n - 1);
-        }
-    }
-    panic!("no {n} free consecutive UDP ports");
-}
-
 /// A server on loopback with the probe configured by `probe` (the body of
 /// a `[probe]` table), an HTTP listener, and loopback peers allowed.
 fn server_with_probe(probe: &str, extra: &[&str]) -> (ServerProcess, ConfigFile) {

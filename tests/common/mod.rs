@@ -1052,3 +1052,19 @@ pub fn metric(metrics: &str, name: &str) -> u64 {
         .map(|v| v as u64)
         .sum()
 }
+
+/// `n` consecutive UDP ports free on 127.0.0.1 right now, below the
+/// ephemeral range (so that the system hands none of them out meanwhile)
+/// and away from the relay range.
+pub fn free_udp_range(n: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let first: u16 = rand::random_range(20_000..30_000);
+        let held: Result<Vec<UdpSocket>, _> = (first..first + n)
+            .map(|p| UdpSocket::bind(("127.0.0.1", p)))
+            .collect();
+        if held.is_ok() {
+            return (first, first + n - 1);
+        }
+    }
+    panic!("no {n} free consecutive UDP ports");
+}

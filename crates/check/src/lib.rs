@@ -7,6 +7,7 @@
 mod client;
 pub mod fetch;
 mod net;
+mod probe;
 mod remedy;
 pub mod render;
 pub mod report;
@@ -14,4 +15,4 @@ pub mod run;
 mod tls;
 
 pub use net::Proxy;
-pub use run::{Plan, Progress, run};
+pub use run::{Plan, ProbeTarget, Progress, run};

@@ -13,8 +13,9 @@ use turnpike_stun::{Attr, AttrType, Method};
 
 use crate::client::{Client, Link};
 use crate::net::{self, Failure, Proxy, Step};
-use crate::remedy;
 use crate::report::{Check, Report, Status};
+use crate::tls::Seen;
+use crate::{probe, remedy};
 
 /// What to check, and how.
 #[derive(Debug, Clone)]
@@ -31,6 +32,22 @@ pub struct Plan {
     pub budget: Duration,
     /// `HTTPS_PROXY`, tried for TLS endpoints that fail directly.
     pub proxy: Option<Proxy>,
+    /// The server's probe responder, when the profile came from a
+    /// turnpike server that runs one.
+    pub probe: Option<ProbeTarget>,
+}
+
+/// A turnpike server's probe responder (`[probe]`), as its profile names
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// The id of its `udp-range` endpoint: that range is checked by
+    /// sending to a sample of its ports, which answer.
+    pub udp_endpoint: String,
+    /// Whether the credentials are the server's check credentials, which
+    /// relay to the responder alone: TURN checks then make their relayed
+    /// round trip to it instead of between two allocations.
+    pub relay_to_it: bool,
 }
 
 /// What a run tells while it goes.
@@ -97,6 +114,7 @@ pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) 
         resolved.insert(host, result);
     }
     checks.sort_by(|a, b| a.id.cmp(&b.id));
+    let probe_peer = probe_peer(&plan, &resolved);
 
     let mut tasks = tokio::task::JoinSet::new();
     for (index, endpoint) in plan.profile.endpoints.iter().enumerate() {
@@ -112,7 +130,7 @@ pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) 
         tasks.spawn(async move {
             let t = Instant::now();
             let mut check = match addrs {
-                Ok(ips) => check_endpoint(&plan, &endpoint, &ips, deadline).await,
+                Ok(ips) => check_endpoint(&plan, &endpoint, &ips, probe_peer, deadline).await,
                 Err(_) => {
                     let mut c =
                         Check::new(check_id(&endpoint), remedy::title(&endpoint), Status::Skip);
@@ -157,6 +175,22 @@ pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) 
     }
 }
 
+/// Where TURN checks relay to when the credentials may relay only to the
+/// probe responder: its first UDP port, on its first address.
+fn probe_peer(
+    plan: &Plan,
+    resolved: &HashMap<String, Result<Vec<std::net::IpAddr>, String>>,
+) -> Option<SocketAddr> {
+    let target = plan.probe.as_ref().filter(|p| p.relay_to_it)?;
+    let e = plan
+        .profile
+        .endpoints
+        .iter()
+        .find(|e| e.id == target.udp_endpoint)?;
+    let ip = *resolved.get(&e.host)?.as_ref().ok()?.first()?;
+    Some(SocketAddr::new(ip, e.port_range()?.lo()))
+}
+
 /// `<kind>:<endpoint id>`.
 fn check_id(e: &Endpoint) -> String {
     format!("{}:{}", e.kind.as_str(), e.id)
@@ -166,6 +200,7 @@ async fn check_endpoint(
     plan: &Plan,
     e: &Endpoint,
     ips: &[std::net::IpAddr],
+    probe_peer: Option<SocketAddr>,
     deadline: Instant,
 ) -> Check {
     let port = e.port.unwrap_or(0);
@@ -178,14 +213,20 @@ async fn check_endpoint(
         Kind::Tls | Kind::Https | Kind::Wss => tls_endpoint(plan, e, &addrs, deadline).await,
         Kind::StunUdp | Kind::StunTcp => stun_binding(e, &addrs, deadline).await,
         Kind::TurnUdp | Kind::TurnTcp | Kind::TurnTls => {
-            turn_endpoint(plan, e, &addrs, deadline).await
+            turn_endpoint(plan, e, &addrs, probe_peer, deadline).await
         }
         Kind::UdpRange => {
-            check.status = Status::Skip;
-            check.detail = Some(
-                "UDP ports cannot be told open without a responder on them; check against a turnpike server with [probe] on".into(),
-            );
-            return check;
+            let responder = plan.probe.as_ref().is_some_and(|p| p.udp_endpoint == e.id);
+            match (responder, e.port_range(), ips.first()) {
+                (true, Some(range), Some(&ip)) => udp_range(ip, range, deadline).await,
+                _ => {
+                    check.status = Status::Skip;
+                    check.detail = Some(
+                        "UDP ports cannot be told open without a responder on them; check against a turnpike server with [probe] on".into(),
+                    );
+                    return check;
+                }
+            }
         }
     };
     match outcome {
@@ -233,6 +274,64 @@ impl Outcome {
             ..Self::plain(detail)
         }
     }
+}
+
+/// A sample of the probe responder's UDP range: pass when every port
+/// sampled answers, warn (naming the silent ones) when only some do.
+async fn udp_range(
+    ip: std::net::IpAddr,
+    range: turnpike_profile::PortRange,
+    deadline: Instant,
+) -> Result<Outcome, Failure> {
+    let ports = probe::sample(range);
+    let deadline = (Instant::now() + Duration::from_secs(5)).min(deadline);
+    let result = probe::udp_range(ip, &ports, deadline).await?;
+    let Some(best) = result.best() else {
+        return Err(Failure::new(
+            Step::Connect,
+            format!(
+                "none of the {} ports sampled ({}) answered",
+                ports.len(),
+                list(&ports)
+            ),
+        ));
+    };
+    let seen = result
+        .seen_as
+        .map(|a| format!("; the server saw this host as {a}"))
+        .unwrap_or_default();
+    let silent = result.silent();
+    let mut outcome = Outcome::ms(
+        format!(
+            "{} of {} ports sampled answered ({}), the fastest in {:.1} ms{seen}",
+            result.answered.len(),
+            ports.len(),
+            list(&ports),
+            best.as_secs_f64() * 1000.0
+        ),
+        best,
+    );
+    if !silent.is_empty() {
+        outcome.status = Status::Warn;
+        outcome.detail = format!(
+            "{}; no answer from port{} {}",
+            outcome.detail,
+            if silent.len() == 1 { "" } else { "s" },
+            list(&silent)
+        );
+        outcome.remediation = Some(format!(
+            "allow outbound UDP to {ip} ports {range} (the whole range), and the replies: some of its ports are blocked"
+        ));
+    }
+    Ok(outcome)
+}
+
+fn list(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// TLS, HTTPS and WebSocket endpoints: directly, else through the proxy.
@@ -293,26 +392,8 @@ async fn tls_session(
     };
     let (mut stream, seen) = net::tls_over(tcp, &e.host, alpn, deadline).await?;
     let handshake = t.elapsed();
-    let mut notes = Vec::new();
-    let mut status = Status::Pass;
-    let issuer = seen
-        .issuer
-        .clone()
-        .unwrap_or_else(|| "an unreadable certificate".into());
-    if let Some(expected) = &plan.tls_issuer
-        && seen.issuer.as_deref() != Some(expected.as_str())
-    {
-        status = Status::Warn;
-        notes.push(format!(
-            "the certificate is issued by {issuer}, not {expected}: the connection is intercepted (TLS inspection)"
-        ));
-    } else if let Some(why) = &seen.untrusted {
-        notes.push(format!(
-            "certificate from {issuer}, not trusted by the web PKI ({why})"
-        ));
-    } else {
-        notes.push(format!("certificate from {issuer}"));
-    }
+    let (mut status, note) = certificate(plan, &seen);
+    let mut notes = vec![note];
     let what = match e.kind {
         Kind::Https => {
             let code = http_exchange(&mut stream, e, false, deadline).await?;
@@ -339,10 +420,44 @@ async fn tls_session(
         handshake,
     );
     o.status = status;
-    if status == Status::Warn && plan.tls_issuer.is_some() && seen.issuer != plan.tls_issuer {
+    if intercepted(plan, &seen) {
         o.remediation = Some(remedy::for_interception(e));
     }
     Ok(o)
+}
+
+/// Whether the certificate seen is not from the issuer the service
+/// publishes: something in the path decrypts and re-encrypts.
+fn intercepted(plan: &Plan, seen: &Seen) -> bool {
+    plan.tls_issuer
+        .as_deref()
+        .is_some_and(|expected| seen.issuer.as_deref() != Some(expected))
+}
+
+/// What the report says of the certificate seen: a warning when the
+/// connection is intercepted.
+fn certificate(plan: &Plan, seen: &Seen) -> (Status, String) {
+    let issuer = seen
+        .issuer
+        .clone()
+        .unwrap_or_else(|| "an unreadable certificate".into());
+    match (&plan.tls_issuer, &seen.untrusted) {
+        (Some(expected), _) if intercepted(plan, seen) => (
+            Status::Warn,
+            format!(
+                "the certificate is issued by {issuer}, not {expected}: the connection is intercepted (TLS inspection)"
+            ),
+        ),
+        (Some(_), _) => (
+            Status::Pass,
+            format!("certificate from {issuer}, as the server publishes"),
+        ),
+        (None, Some(why)) => (
+            Status::Pass,
+            format!("certificate from {issuer}, not trusted by the web PKI ({why})"),
+        ),
+        (None, None) => (Status::Pass, format!("certificate from {issuer}")),
+    }
 }
 
 /// An HTTP/1.1 GET (or WebSocket upgrade) on the session; the status code.
@@ -387,22 +502,27 @@ async fn http_exchange(
 }
 
 /// A link to a STUN/TURN endpoint over its transport.
-async fn link(e: &Endpoint, addrs: &[SocketAddr], deadline: Instant) -> Result<Link, Failure> {
+/// A link to a STUN or TURN endpoint, with the certificate seen over TLS.
+async fn link(
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<(Link, Option<Seen>), Failure> {
     match e.kind {
         Kind::StunUdp | Kind::TurnUdp => {
             let first = addrs
                 .first()
                 .ok_or_else(|| Failure::new(Step::Connect, "no address"))?;
-            Link::udp(*first).await
+            Ok((Link::udp(*first).await?, None))
         }
         Kind::TurnTls => {
             let (tcp, _) = net::connect(addrs, deadline).await?;
-            let (stream, _) = net::tls_over(tcp, &e.host, &[b"stun.turn"], deadline).await?;
-            Ok(Link::stream(stream))
+            let (stream, seen) = net::tls_over(tcp, &e.host, &[b"stun.turn"], deadline).await?;
+            Ok((Link::stream(stream), Some(seen)))
         }
         _ => {
             let (tcp, _) = net::connect(addrs, deadline).await?;
-            Ok(Link::stream(Box::new(tcp)))
+            Ok((Link::stream(Box::new(tcp)), None))
         }
     }
 }
@@ -413,7 +533,7 @@ async fn stun_binding(
     deadline: Instant,
 ) -> Result<Outcome, Failure> {
     let deadline = (Instant::now() + Duration::from_secs(8)).min(deadline);
-    let mut client = Client::new(link(e, addrs, deadline).await?, None);
+    let mut client = Client::new(link(e, addrs, deadline).await?.0, None);
     let t = Instant::now();
     let response = client.transaction(Method::BINDING, &[], deadline).await?;
     let took = t.elapsed();
@@ -437,18 +557,44 @@ async fn stun_binding(
     }
 }
 
-/// A TURN endpoint: an allocation, and a relayed round trip between two
-/// allocations (the second one is the peer), when credentials are given;
-/// else only that the server answers.
+/// A TURN endpoint: an allocation, and a relayed round trip, when
+/// credentials are given; else only that the server answers. The round
+/// trip goes to the probe responder (`probe_peer`) when the credentials
+/// may relay only there, else between two allocations (the second one is
+/// the peer).
 async fn turn_endpoint(
     plan: &Plan,
     e: &Endpoint,
     addrs: &[SocketAddr],
+    probe_peer: Option<SocketAddr>,
     deadline: Instant,
 ) -> Result<Outcome, Failure> {
     let deadline = (Instant::now() + Duration::from_secs(10)).min(deadline);
     let t = Instant::now();
-    let mut a = Client::new(link(e, addrs, deadline).await?, plan.credentials.clone());
+    let (first, seen) = link(e, addrs, deadline).await?;
+    let a = Client::new(first, plan.credentials.clone());
+    let mut outcome = turn_exchange(plan, e, addrs, a, t, probe_peer, deadline).await?;
+    if let Some(seen) = seen {
+        let (status, note) = certificate(plan, &seen);
+        outcome.detail = format!("{}; {note}", outcome.detail);
+        if status == Status::Warn {
+            outcome.status = Status::Warn;
+            outcome.remediation = Some(remedy::for_interception(e));
+        }
+    }
+    Ok(outcome)
+}
+
+/// What [`turn_endpoint`] does over its first link, `a`, opened at `t`.
+async fn turn_exchange(
+    plan: &Plan,
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    mut a: Client,
+    t: Instant,
+    probe_peer: Option<SocketAddr>,
+    deadline: Instant,
+) -> Result<Outcome, Failure> {
     let transport = [Attr::RequestedTransport(17)];
     let first = a
         .transaction(Method::ALLOCATE, &transport, deadline)
@@ -471,7 +617,21 @@ async fn turn_endpoint(
         };
     }
     let relayed_a = allocate(&mut a, deadline).await?;
-    let mut b = Client::new(link(e, addrs, deadline).await?, plan.credentials.clone());
+    if let Some(peer) = probe_peer {
+        let round_trip = probe::relayed_round_trip(&mut a, relayed_a, peer, deadline).await;
+        let _ = a
+            .request(Method::REFRESH, &[Attr::Lifetime(0)], deadline)
+            .await;
+        let took = round_trip?;
+        return Ok(Outcome::ms(
+            format!(
+                "allocated {relayed_a}; relayed to the probe responder {peer} and back in {:.1} ms",
+                took.as_secs_f64() * 1000.0
+            ),
+            took,
+        ));
+    }
+    let mut b = Client::new(link(e, addrs, deadline).await?.0, plan.credentials.clone());
     let relayed_b = allocate(&mut b, deadline).await?;
     for (client, peer) in [(&mut a, relayed_b), (&mut b, relayed_a)] {
         let r = client

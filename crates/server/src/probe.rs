@@ -443,14 +443,29 @@ pub(crate) fn published(d: &Described<'_>) -> Published {
                 ),
                 port,
             )),
-            ListenTransport::Tls => streams.push(add(
-                endpoint(
-                    "turn-tls",
-                    Kind::TurnTls,
-                    "TURN over TLS where only TLS gets through",
-                ),
-                port,
-            )),
+            ListenTransport::Tls => {
+                streams.push(add(
+                    endpoint(
+                        "turn-tls",
+                        Kind::TurnTls,
+                        "TURN over TLS where only TLS gets through",
+                    ),
+                    port,
+                ));
+                if l.http {
+                    add(
+                        Endpoint {
+                            path: Some("/healthz".to_owned()),
+                            ..endpoint(
+                                "https",
+                                Kind::Https,
+                                "the HTTPS side on the same port: the certificate, and whether TLS is inspected on the way",
+                            )
+                        },
+                        port,
+                    );
+                }
+            }
         }
     }
     for e in endpoints.iter_mut().filter(|e| streams.contains(&e.id)) {
@@ -469,7 +484,9 @@ pub(crate) fn published(d: &Described<'_>) -> Published {
             port: None,
             ports,
             path: None,
-            required: false,
+            // Media goes straight to these ports where it can; through a
+            // TURN relay (any of them) is the fallback.
+            required: true,
             fallback_for: Vec::new(),
             purpose: Some(
                 "the server's probe responder: direct UDP to its media ports (RTT, loss, jitter)"
@@ -477,6 +494,12 @@ pub(crate) fn published(d: &Described<'_>) -> Published {
             ),
             source: Some(format!("[probe] ports = \"{}\"", p.ports)),
         });
+        for e in endpoints
+            .iter_mut()
+            .filter(|e| turn_udp.contains(&e.id) || streams.contains(&e.id))
+        {
+            e.fallback_for.push(PublishedProbe::ENDPOINT.to_owned());
+        }
         let tcp_endpoint = p.tcp_port.map(|port| {
             endpoints.push(Endpoint {
                 id: PROBE_TCP_ENDPOINT.to_owned(),
@@ -671,16 +694,27 @@ mod tests {
                 "turn-tcp",
                 "turn-tls",
                 "turn-tls-443",
+                "https",
                 "media",
                 "probe-tcp"
             ]
         );
         for id in ["turn-tcp", "turn-tls", "turn-tls-443"] {
             let e = p.profile.endpoint(id).unwrap();
-            assert_eq!(e.fallback_for, ["turn-udp", "turn-udp-3478"], "{id}");
+            assert_eq!(
+                e.fallback_for,
+                ["turn-udp", "turn-udp-3478", "media"],
+                "{id}"
+            );
             assert!(!e.required);
         }
+        for id in ["turn-udp", "turn-udp-3478"] {
+            let e = p.profile.endpoint(id).unwrap();
+            assert_eq!(e.fallback_for, ["media"], "{id}");
+            assert!(e.required);
+        }
         let media = p.profile.endpoint("media").unwrap();
+        assert!(media.required, "media goes direct where it can");
         assert_eq!(media.kind, Kind::UdpRange);
         assert_eq!(media.ports.map(|r| r.len()), Some(10));
         assert_eq!(media.host, "turn.example.net");
@@ -718,7 +752,8 @@ mod tests {
         // No IPv6 relay address names the [::] listener: left out.
         assert_eq!(ids(&p), ["turn-tls", "media"]);
         let tls = p.profile.endpoint("turn-tls").unwrap();
-        assert!(tls.required && tls.fallback_for.is_empty());
+        assert!(tls.required);
+        assert_eq!(tls.fallback_for, ["media"]);
         assert_eq!(tls.host, "127.0.0.1");
         assert_eq!(p.profile.endpoint("media").unwrap().host, "192.0.2.9");
         assert_eq!(p.probe.unwrap().tcp_endpoint, None);
