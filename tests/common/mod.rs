@@ -167,8 +167,20 @@ impl ServerProcess {
     /// Starts the server with `args` after `serve`, on a loopback port the
     /// system picks, with a private state directory.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_command(Command::new(binary()), args)
+    }
+
+    /// Starts the server as [`ServerProcess::start`] does, in the network
+    /// namespace `netns` (`ip netns exec`, which becomes the server: its
+    /// process id is the server's).
+    pub fn start_in(netns: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(binary());
+        Self::start_command(cmd, args)
+    }
+
+    fn start_command(mut cmd: Command, args: &[&str]) -> Self {
         let state = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .args(args)
             .arg("--state-dir")
