@@ -327,6 +327,7 @@ fn check(args: &CheckArgs) -> ExitCode {
         Err(e) => return usage(&format!("cannot start: {e}")),
     };
     let credentials = args.user.clone().zip(args.password.clone());
+    let proxy = turnpike_check::Proxy::from_env();
     let started = std::time::Instant::now();
     let plan = match (&args.profile, &args.url) {
         (Some(path), _) => match turnpike_profile::Profile::load(path) {
@@ -336,7 +337,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                 credentials,
                 tls_issuer: None,
                 budget,
-                proxy: turnpike_check::Proxy::from_env(),
+                proxy: proxy.clone(),
                 probe: None,
             },
             Err(e) => return usage(&e.to_string()),
@@ -349,7 +350,7 @@ fn check(args: &CheckArgs) -> ExitCode {
             // A third of the time to fetch the profile; the rest is the
             // checks'.
             let deadline = tokio::time::Instant::now() + budget / 3;
-            match runtime.block_on(fetch::published(&base, deadline)) {
+            match runtime.block_on(fetch::published(&base, deadline, proxy.as_ref())) {
                 Ok((published, _seen)) => {
                     // Credentials given on the command line are the
                     // operator's: they relay anywhere the server allows.
@@ -362,7 +363,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                             .or(published.credentials.map(|c| (c.username, c.password))),
                         tls_issuer: published.tls_issuer,
                         budget: budget.saturating_sub(started.elapsed()),
-                        proxy: turnpike_check::Proxy::from_env(),
+                        proxy: proxy.clone(),
                         probe: published.probe.map(|p| ProbeTarget {
                             udp_endpoint: p.udp_endpoint,
                             relay_to_it: check_credentials,

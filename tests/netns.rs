@@ -9,8 +9,10 @@
 //!
 //! Each scenario sets the firewall's rules with nftables, runs
 //! `turnpike check https://10.77.2.2` on the client, and asserts the
-//! verdict and that the remediation names the rule that blocks. Traffic
-//! never leaves the namespaces. Needs root, `ip`, `nft` and `socat`
+//! verdict and that the remediation names the rule that blocks. On the
+//! firewall there may also run a TLS-inspecting proxy (`socat`) or an HTTP
+//! CONNECT proxy (`tests/netns/connect_proxy.py`). Traffic never leaves
+//! the namespaces. Needs root, `ip`, `nft`, `socat` and `python3`
 //! (scripts/test-deps installs them); skipped otherwise, a failure under
 //! CI.
 
@@ -32,6 +34,19 @@ use common::*;
 
 const SERVER: &str = "10.77.2.2";
 const MEDIA: &str = "50000-50009";
+/// The firewall's address on the client's side, where its proxy listens.
+const PROXY_IP: &str = "10.77.1.1";
+
+/// What runs on the firewall besides its rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Middlebox {
+    Nothing,
+    /// A proxy that decrypts TLS to the server's port 443 and encrypts it
+    /// again.
+    TlsInspection,
+    /// An HTTP CONNECT proxy that the client is told of (`HTTPS_PROXY`).
+    ConnectProxy,
+}
 
 /// Three namespaces joined by two veth pairs; deleted on drop, with
 /// everything in them.
@@ -78,6 +93,7 @@ impl Net {
         on_path("ip", "iproute2")?;
         on_path("nft", "nftables")?;
         on_path("socat", "socat")?;
+        on_path("python3", "python3")?;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "tp{}-{}",
@@ -240,6 +256,25 @@ impl Net {
         }
     }
 
+    /// An HTTP CONNECT proxy on the firewall's inner address, port 3128,
+    /// that tunnels to port 443 only (`tests/netns/connect_proxy.py`).
+    fn connect_proxy(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/connect_proxy.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.firewall, "python3", script])
+            .args([PROXY_IP, "3128"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+        self.children.push(child);
+        assert_eq!(ready.trim(), "listening", "the proxy did not start");
+    }
+
     /// `turnpike serve` on the server host: UDP and TCP on 3478, TLS and
     /// HTTPS on 443, and the probe responder on the media ports with
     /// check credentials.
@@ -270,7 +305,7 @@ impl Net {
 
     /// `turnpike check https://SERVER --json` on the client host: its exit
     /// code and report.
-    fn check(&self, timeout_s: u32) -> (Option<i32>, serde_json::Value) {
+    fn check(&self, timeout_s: u32, proxy: bool) -> (Option<i32>, serde_json::Value) {
         let timeout = timeout_s.to_string();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.client])
@@ -284,6 +319,9 @@ impl Net {
             ])
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy");
+        if proxy {
+            cmd.env("HTTPS_PROXY", format!("http://{PROXY_IP}:3128"));
+        }
         let done = run_with_limit(
             &mut cmd,
             Duration::from_secs(u64::from(timeout_s) + 20),
@@ -341,7 +379,7 @@ fn remediation<'a>(report: &'a serde_json::Value, id: &str) -> &'a str {
 /// namespaces cannot be made here (the test is skipped).
 fn scenario(
     forward: &str,
-    inspect: bool,
+    middlebox: Middlebox,
     timeout_s: u32,
 ) -> Option<(Option<i32>, serde_json::Value)> {
     let mut net = match Net::new() {
@@ -353,19 +391,21 @@ fn scenario(
     };
     net.firewall(forward);
     let dir = tempfile::tempdir().unwrap();
-    if inspect {
-        net.intercept_tls(dir.path());
+    match middlebox {
+        Middlebox::Nothing => {}
+        Middlebox::TlsInspection => net.intercept_tls(dir.path()),
+        Middlebox::ConnectProxy => net.connect_proxy(),
     }
     let config = probe_config();
     let server = net.serve(&config);
-    let result = net.check(timeout_s);
+    let result = net.check(timeout_s, middlebox == Middlebox::ConnectProxy);
     stop_cleanly(server);
     Some(result)
 }
 
 #[test]
 fn everything_open_is_ready() {
-    let Some((code, r)) = scenario("", false, 20) else {
+    let Some((code, r)) = scenario("", Middlebox::Nothing, 20) else {
         return;
     };
     assert_eq!(code, Some(0), "{r:#}");
@@ -388,7 +428,7 @@ fn everything_open_is_ready() {
 
 #[test]
 fn all_udp_blocked_is_degraded_and_names_udp_3478_and_the_media_range() {
-    let Some((code, r)) = scenario("        meta l4proto udp drop", false, 8) else {
+    let Some((code, r)) = scenario("        meta l4proto udp drop", Middlebox::Nothing, 8) else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -414,7 +454,7 @@ fn all_udp_blocked_is_degraded_and_names_udp_3478_and_the_media_range() {
 #[test]
 fn only_tcp_443_open_is_degraded_and_names_every_closed_port() {
     let rules = "        tcp dport 443 accept\n        drop";
-    let Some((code, r)) = scenario(rules, false, 8) else {
+    let Some((code, r)) = scenario(rules, Middlebox::Nothing, 8) else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -439,7 +479,7 @@ fn only_tcp_443_open_is_degraded_and_names_every_closed_port() {
 #[test]
 fn udp_3478_open_but_the_media_range_closed_is_degraded_and_names_the_range() {
     let rules = format!("        udp dport {MEDIA} drop");
-    let Some((code, r)) = scenario(&rules, false, 8) else {
+    let Some((code, r)) = scenario(&rules, Middlebox::Nothing, 8) else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -460,7 +500,7 @@ fn udp_3478_open_but_the_media_range_closed_is_degraded_and_names_the_range() {
 #[test]
 fn part_of_the_media_range_closed_is_a_warning_naming_the_range() {
     let rules = "        udp dport 50005-50009 drop";
-    let Some((code, r)) = scenario(rules, false, 8) else {
+    let Some((code, r)) = scenario(rules, Middlebox::Nothing, 8) else {
         return;
     };
     // The sample reached some ports: media flows, but not on every port
@@ -485,7 +525,8 @@ fn part_of_the_media_range_closed_is_a_warning_naming_the_range() {
 fn tls_inspection_is_told_apart_and_its_exemption_named() {
     // UDP blocked, and TLS on 443 decrypted and re-encrypted on the way:
     // TURN over TLS still works, with a warning naming the inspection.
-    let Some((code, r)) = scenario("        meta l4proto udp drop", true, 8) else {
+    let Some((code, r)) = scenario("        meta l4proto udp drop", Middlebox::TlsInspection, 8)
+    else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -507,4 +548,47 @@ fn tls_inspection_is_told_apart_and_its_exemption_named() {
     }
     // TCP 3478 is not inspected.
     assert_eq!(status(&r, "turn-tcp:turn-tcp"), "pass");
+}
+
+#[test]
+fn only_an_https_proxy_gets_out_and_the_report_says_so() {
+    // The firewall forwards nothing from the client; its proxy tunnels to
+    // port 443. The profile comes through the proxy, and so does TURN over
+    // TLS: calls can work, relayed, and each check says it was the proxy.
+    let Some((code, r)) = scenario("        drop", Middlebox::ConnectProxy, 12) else {
+        return;
+    };
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(r["verdict"], "degraded");
+    let direct = format!("allow outbound TCP to {SERVER} port 443, and the replies");
+    for id in ["https:https", "turn-tls:turn-tls"] {
+        let c = check_of(&r, id);
+        assert_eq!(c["status"], "warn", "{c:#}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("only through the proxy {PROXY_IP}:3128")),
+            "{c:#}"
+        );
+        assert_eq!(remediation(&r, id), direct);
+    }
+    assert!(
+        check_of(&r, "turn-tls:turn-tls")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("relayed to the probe responder"),
+        "{r:#}"
+    );
+    // The proxy tunnels to 443 only: TURN over TCP on 3478 is blocked.
+    let tcp = check_of(&r, "turn-tcp:turn-tcp");
+    assert_eq!(tcp["status"], "fail", "{tcp:#}");
+    assert!(
+        tcp["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the proxy refused the tunnel (403)"),
+        "{tcp:#}"
+    );
+    assert_eq!(status(&r, "turn-udp:turn-udp"), "fail");
 }

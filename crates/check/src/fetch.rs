@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 use turnpike_profile::Published;
 
-use crate::net::{self, Step};
+use crate::net::{self, DIRECT_WHEN_PROXIED, Proxy, Step};
 
 /// The largest profile document read.
 const MAX_BODY: usize = 1 << 20;
@@ -70,19 +70,40 @@ impl BaseUrl {
 }
 
 /// What the server published, and the issuer of the certificate it
-/// presented (over HTTPS).
+/// presented (over HTTPS). When the server cannot be reached directly
+/// within a few seconds, the request goes through `proxy` (HTTP CONNECT),
+/// if given.
 pub async fn published(
     base: &BaseUrl,
     deadline: Instant,
+    proxy: Option<&Proxy>,
 ) -> Result<(Published, Option<String>), String> {
-    let addrs = net::within(deadline, Step::Connect, async {
-        net::resolve(&base.host, base.port)
-            .await
-            .map_err(|e| net::Failure::new(Step::Connect, format!("{}: {e}", base.host)))
-    })
-    .await
-    .map_err(|f| f.detail)?;
-    let (tcp, at) = net::connect(&addrs, deadline).await.map_err(|f| f.detail)?;
+    let direct = async {
+        let addrs = net::within(deadline, Step::Connect, async {
+            net::resolve(&base.host, base.port)
+                .await
+                .map_err(|e| net::Failure::new(Step::Connect, format!("{}: {e}", base.host)))
+        })
+        .await?;
+        let soon = match proxy {
+            Some(_) => (Instant::now() + DIRECT_WHEN_PROXIED).min(deadline),
+            None => deadline,
+        };
+        net::connect(&addrs, soon).await
+    };
+    let (tcp, at) = match (direct.await, proxy) {
+        (Ok((tcp, at)), _) => (tcp, at.to_string()),
+        (Err(f), Some(proxy)) => {
+            let tcp = net::connect_via(proxy, &base.host, base.port, deadline)
+                .await
+                .map_err(|via| format!("{}; through the proxy: {}", f.detail, via.detail))?;
+            (
+                tcp,
+                format!("{}:{} (through the proxy)", base.host, base.port),
+            )
+        }
+        (Err(f), None) => return Err(f.detail),
+    };
     let (mut stream, issuer): (net::Stream, _) = if base.tls {
         let (s, seen) = net::tls_over(tcp, &base.host, &[b"http/1.1"], deadline)
             .await

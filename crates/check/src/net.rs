@@ -90,6 +90,11 @@ pub(crate) async fn connect(
     Err(last)
 }
 
+/// How long a direct connection may take when a proxy is there to try
+/// next: a reachable host answers a SYN well within it, and a firewall
+/// that drops it leaves the proxy the rest of the time.
+pub(crate) const DIRECT_WHEN_PROXIED: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// An HTTP proxy for HTTPS (`HTTPS_PROXY`, `https_proxy`): `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proxy {

@@ -12,7 +12,7 @@ use turnpike_profile::{Endpoint, Kind, Profile};
 use turnpike_stun::{Attr, AttrType, Method};
 
 use crate::client::{Client, Link};
-use crate::net::{self, Failure, Proxy, Step};
+use crate::net::{self, DIRECT_WHEN_PROXIED, Failure, Proxy, Step};
 use crate::report::{Check, Report, Status};
 use crate::tls::Seen;
 use crate::{probe, remedy};
@@ -211,7 +211,7 @@ async fn check_endpoint(
             .await
             .map(|(_, at)| Outcome::plain(format!("connected to {at}"))),
         Kind::Tls | Kind::Https | Kind::Wss => tls_endpoint(plan, e, &addrs, deadline).await,
-        Kind::StunUdp | Kind::StunTcp => stun_binding(e, &addrs, deadline).await,
+        Kind::StunUdp | Kind::StunTcp => stun_binding(plan, e, &addrs, deadline).await,
         Kind::TurnUdp | Kind::TurnTcp | Kind::TurnTls => {
             turn_endpoint(plan, e, &addrs, probe_peer, deadline).await
         }
@@ -343,7 +343,7 @@ async fn tls_endpoint(
 ) -> Result<Outcome, Failure> {
     let port = e.port.unwrap_or(443);
     let direct = async {
-        let (tcp, _) = net::connect(addrs, deadline).await?;
+        let (tcp, _) = net::connect(addrs, direct_deadline(plan, deadline)).await?;
         tls_session(plan, e, tcp, deadline).await
     }
     .await;
@@ -502,38 +502,85 @@ async fn http_exchange(
 }
 
 /// A link to a STUN/TURN endpoint over its transport.
-/// A link to a STUN or TURN endpoint, with the certificate seen over TLS.
-async fn link(
-    e: &Endpoint,
-    addrs: &[SocketAddr],
-    deadline: Instant,
-) -> Result<(Link, Option<Seen>), Failure> {
-    match e.kind {
-        Kind::StunUdp | Kind::TurnUdp => {
-            let first = addrs
-                .first()
-                .ok_or_else(|| Failure::new(Step::Connect, "no address"))?;
-            Ok((Link::udp(*first).await?, None))
-        }
-        Kind::TurnTls => {
-            let (tcp, _) = net::connect(addrs, deadline).await?;
-            let (stream, seen) = net::tls_over(tcp, &e.host, &[b"stun.turn"], deadline).await?;
-            Ok((Link::stream(stream), Some(seen)))
-        }
-        _ => {
-            let (tcp, _) = net::connect(addrs, deadline).await?;
-            Ok((Link::stream(Box::new(tcp)), None))
-        }
+/// The deadline of a direct TCP connection: sooner when a proxy follows.
+fn direct_deadline(plan: &Plan, deadline: Instant) -> Instant {
+    if plan.proxy.is_some() {
+        (Instant::now() + DIRECT_WHEN_PROXIED).min(deadline)
+    } else {
+        deadline
     }
 }
 
+/// A link to a STUN or TURN endpoint.
+struct Linked {
+    link: Link,
+    /// The certificate, over TLS.
+    seen: Option<Seen>,
+    /// Why the direct path failed, when the link goes through the proxy.
+    proxied: Option<(Proxy, Failure)>,
+}
+
+/// A link to a STUN or TURN endpoint: TURN over TCP and TLS that cannot
+/// connect directly go through the HTTPS proxy, if there is one, as
+/// browsers do.
+async fn link(
+    plan: &Plan,
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Linked, Failure> {
+    let linked = |link, seen| Linked {
+        link,
+        seen,
+        proxied: None,
+    };
+    if matches!(e.kind, Kind::StunUdp | Kind::TurnUdp) {
+        let first = addrs
+            .first()
+            .ok_or_else(|| Failure::new(Step::Connect, "no address"))?;
+        return Ok(linked(Link::udp(*first).await?, None));
+    }
+    let proxy = plan
+        .proxy
+        .as_ref()
+        .filter(|_| matches!(e.kind, Kind::TurnTcp | Kind::TurnTls));
+    let (tcp, proxied) = match (
+        net::connect(addrs, direct_deadline(plan, deadline)).await,
+        proxy,
+    ) {
+        (Ok((tcp, _)), _) => (tcp, None),
+        (Err(f), Some(proxy)) if f.step == Step::Connect => {
+            let port = e.port.unwrap_or(0);
+            match net::connect_via(proxy, &e.host, port, deadline).await {
+                Ok(tcp) => (tcp, Some((proxy.clone(), f))),
+                Err(via) => {
+                    return Err(Failure::new(
+                        f.step,
+                        format!("{}; through the proxy: {}", f.detail, via.detail),
+                    ));
+                }
+            }
+        }
+        (Err(f), _) => return Err(f),
+    };
+    let mut out = if e.kind == Kind::TurnTls {
+        let (stream, seen) = net::tls_over(tcp, &e.host, &[b"stun.turn"], deadline).await?;
+        linked(Link::stream(stream), Some(seen))
+    } else {
+        linked(Link::stream(Box::new(tcp)), None)
+    };
+    out.proxied = proxied;
+    Ok(out)
+}
+
 async fn stun_binding(
+    plan: &Plan,
     e: &Endpoint,
     addrs: &[SocketAddr],
     deadline: Instant,
 ) -> Result<Outcome, Failure> {
     let deadline = (Instant::now() + Duration::from_secs(8)).min(deadline);
-    let mut client = Client::new(link(e, addrs, deadline).await?.0, None);
+    let mut client = Client::new(link(plan, e, addrs, deadline).await?.link, None);
     let t = Instant::now();
     let response = client.transaction(Method::BINDING, &[], deadline).await?;
     let took = t.elapsed();
@@ -571,10 +618,19 @@ async fn turn_endpoint(
 ) -> Result<Outcome, Failure> {
     let deadline = (Instant::now() + Duration::from_secs(10)).min(deadline);
     let t = Instant::now();
-    let (first, seen) = link(e, addrs, deadline).await?;
-    let a = Client::new(first, plan.credentials.clone());
+    let first = link(plan, e, addrs, deadline).await?;
+    let a = Client::new(first.link, plan.credentials.clone());
     let mut outcome = turn_exchange(plan, e, addrs, a, t, probe_peer, deadline).await?;
-    if let Some(seen) = seen {
+    if let Some((proxy, direct)) = &first.proxied {
+        outcome.status = Status::Warn;
+        outcome.detail = format!(
+            "only through the proxy {}:{}: {}; direct: {}",
+            proxy.host, proxy.port, outcome.detail, direct.detail
+        );
+        let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+        outcome.remediation = Some(remedy::for_failure(e, &ips, direct));
+    }
+    if let Some(seen) = first.seen {
         let (status, note) = certificate(plan, &seen);
         outcome.detail = format!("{}; {note}", outcome.detail);
         if status == Status::Warn {
@@ -631,7 +687,10 @@ async fn turn_exchange(
             took,
         ));
     }
-    let mut b = Client::new(link(e, addrs, deadline).await?.0, plan.credentials.clone());
+    let mut b = Client::new(
+        link(plan, e, addrs, deadline).await?.link,
+        plan.credentials.clone(),
+    );
     let relayed_b = allocate(&mut b, deadline).await?;
     for (client, peer) in [(&mut a, relayed_b), (&mut b, relayed_a)] {
         let r = client
