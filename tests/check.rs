@@ -237,7 +237,7 @@ fn a_turnpike_server_checked_by_its_url_is_ready_with_its_own_check_credentials(
         https["detail"]
             .as_str()
             .unwrap()
-            .contains("as the server publishes"),
+            .contains("certificate from CN=turnpike self-signed, as the server publishes"),
         "{https:#}"
     );
     // The allocations were given back, and nothing was relayed anywhere

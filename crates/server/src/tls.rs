@@ -69,10 +69,17 @@ pub fn generated(state_dir: &Path, names: &[String]) -> Result<Source, String> {
     let cert = state_dir.join(GENERATED_CERT);
     let key = state_dir.join(GENERATED_KEY);
     if !cert.exists() || !key.exists() {
-        let pair = rcgen::generate_simple_self_signed(names.to_vec())
-            .map_err(|e| format!("cannot generate a certificate: {e}"))?;
-        write_private(&key, pair.signing_key.serialize_pem().as_bytes())?;
-        fs::write(&cert, pair.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let failed = |e: rcgen::Error| format!("cannot generate a certificate: {e}");
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(failed)?;
+        // Its subject and issuer, which `turnpike check` reports and the
+        // profile publishes: say what made it.
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::CommonName, "turnpike self-signed");
+        params.distinguished_name = name;
+        let signing_key = rcgen::KeyPair::generate().map_err(failed)?;
+        let generated = params.self_signed(&signing_key).map_err(failed)?;
+        write_private(&key, signing_key.serialize_pem().as_bytes())?;
+        fs::write(&cert, generated.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
     }
     Ok(Source::Generated { cert, key })
 }
