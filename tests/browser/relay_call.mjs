@@ -25,70 +25,9 @@
 // turns: server, which Chromium then accepts though no CA vouches for it
 // (it checks TURN servers' certificates like any other's).
 
-import { X509Certificate, createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import path from "node:path";
 import { parseArgs } from "node:util";
 
-// Chromium's command line is all ours (ignoreDefaultArgs in `main`), but
-// for what Debian's /usr/bin/chromium adds from /etc/chromium.d: Playwright's
-// defaults carry a --disable-features of their own, and Chromium honours only
-// the last one, so ours would silently cancel theirs.
-function chromiumArgs(userDataDir, trustCert) {
-  const trusted = [];
-  if (trustCert) {
-    // Chromium takes the base64 SHA-256 of the certificate's public key.
-    const spki = new X509Certificate(readFileSync(trustCert)).publicKey.export({
-      type: "spki",
-      format: "der",
-    });
-    const pin = createHash("sha256").update(spki).digest("base64");
-    trusted.push(`--ignore-certificate-errors-spki-list=${pin}`);
-  }
-  return [
-    // What this machine needs (DESIGN.md, "Testing"): nothing may reach for
-    // Google's services, which the closed network refuses.
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    `--user-data-dir=${userDataDir}`,
-    // What Playwright needs: its protocol on file descriptors 3 and 4, and
-    // no window of the profile's own.
-    "--remote-debugging-pipe",
-    "--no-startup-window",
-    // The test's traffic stays on this machine: without this Chromium still
-    // looks up Google's hosts at start. The rules apply to IP literals too
-    // (a TURN-over-TCP connection to 127.0.0.1 fails with
-    // ERR_NAME_NOT_RESOLVED unless excluded), and localhost stays usable.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-    // WebRTC leaves loopback interfaces out of the networks it gathers on.
-    // Where a default route exists it still reaches 127.0.0.1 from a socket
-    // bound to 0.0.0.0; with loopback alone (a namespace with only lo) it
-    // gathers no candidate at all without this.
-    "--allow-loopback-in-peer-connection",
-    // Chromium keeps only the last --disable-features, so this is the one
-    // list. WebRtcHideLocalIpsWithMdns: even with iceTransportPolicy
-    // "relay", Chromium names its host address with mDNS and announces it
-    // to 224.0.0.251 on the default route's interface. The rest would
-    // fetch from Google.
-    "--disable-features=WebRtcHideLocalIpsWithMdns,OptimizationHints,NetworkTimeServiceQuerying," +
-      "MediaRouter,DialMediaRouteProvider,Translate,AimEnabled,PreconnectToSearch",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--disable-breakpad",
-    "--disable-dev-shm-usage",
-    "--no-default-browser-check",
-    "--password-store=basic",
-    "--mute-audio",
-    ...trusted,
-  ];
-}
+import { launchChromium } from "./chromium.mjs";
 
 function usage(message) {
   process.stderr.write(`relay_call.mjs: ${message}\n`);
@@ -364,13 +303,12 @@ async function main() {
   }, opts.timeout * 1000);
 
   try {
-    const require = createRequire(path.join(path.resolve(opts.modules), "package.json"));
-    const { chromium } = require("playwright-core");
-    browser = await chromium.launch({
+    browser = await launchChromium({
+      modules: opts.modules,
       executablePath: opts.chromium,
-      ignoreDefaultArgs: true,
-      args: chromiumArgs(path.resolve(opts["user-data-dir"]), opts["trust-cert"]),
-      timeout: opts.timeout * 1000,
+      userDataDir: opts["user-data-dir"],
+      trustCert: opts["trust-cert"],
+      timeoutMs: opts.timeout * 1000,
     });
     report.browser = browser.version();
     report.stage = "call";
