@@ -12,6 +12,7 @@ mod remedy;
 pub mod render;
 pub mod report;
 pub mod run;
+pub mod stats;
 mod tls;
 
 pub use net::Proxy;
