@@ -19,9 +19,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::browser::{Browser, run_bounded};
 use common::*;
 
 /// The REST API secret `loopback_args` gives the server.
@@ -40,53 +41,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// When the node script is killed if its own timeout did not end it.
 const KILL_AFTER: Duration = Duration::from_secs(90);
 
-/// Where Debian's package puts Chromium, and what the script drives.
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// What drives the browser: node, the npm prefix holding playwright-core,
-/// and Chromium.
-struct Browser {
-    node: PathBuf,
-    modules: PathBuf,
-    chromium: PathBuf,
-}
-
-impl Browser {
-    fn find() -> Result<Self, String> {
-        let node = on_path("node", "nodejs")?;
-        let chromium = PathBuf::from(CHROMIUM);
-        if !is_executable(&chromium) {
-            return Err(format!("no {CHROMIUM} (Debian package chromium)"));
-        }
-        // Where scripts/test-deps installs it: the target directory, a
-        // relative one taken from the repo root.
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut candidates = Vec::new();
-        if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-            candidates.push(manifest.join(dir).join("browser-node"));
-        }
-        candidates.push(manifest.join("target/browser-node"));
-        let modules = candidates
-            .iter()
-            .find(|prefix| {
-                prefix
-                    .join("node_modules/playwright-core/package.json")
-                    .is_file()
-            })
-            .cloned()
-            .ok_or_else(|| {
-                let tried: Vec<String> =
-                    candidates.iter().map(|p| p.display().to_string()).collect();
-                format!("no playwright-core under {}", tried.join(" or "))
-            })?;
-        Ok(Self {
-            node,
-            modules,
-            chromium,
-        })
-    }
-}
-
 /// TURN REST API credentials from `turnpike credentials`, as the service
 /// that hands a browser its `iceServers` would mint them.
 fn rest_credentials() -> (String, String) {
@@ -100,61 +54,6 @@ fn rest_credentials() -> (String, String) {
         minted["username"].as_str().unwrap().to_owned(),
         minted["password"].as_str().unwrap().to_owned(),
     )
-}
-
-/// Runs `cmd`, stopped if it runs longer than `limit`: first with
-/// SIGTERM, on which Playwright closes the browser it launched; then any
-/// Chromium process still using `profile` is killed by its id.
-fn run_bounded(mut cmd: Command, limit: Duration, profile: &Path) -> Finished {
-    run_with_limit(&mut cmd, limit, |child| {
-        stop(child);
-        kill_browsers_using(profile);
-    })
-}
-
-/// SIGTERM, a few seconds' grace, then SIGKILL.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Kills, by process id, every process whose command line names `profile`,
-/// the user data directory this test made for its browser and no other.
-fn kill_browsers_using(profile: &Path) {
-    let needle = format!("--user-data-dir={}", profile.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline
-            .split(|&b| b == 0)
-            .any(|arg| arg == needle.as_bytes())
-        {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    }
 }
 
 /// One side's selected candidate pair, as the script reports it.
@@ -236,7 +135,7 @@ fn call(
     if let Some(cert) = trust_cert {
         cmd.arg("--trust-cert").arg(cert);
     }
-    let run = run_bounded(cmd, KILL_AFTER, profile.path());
+    let run = run_bounded(&mut cmd, KILL_AFTER, profile.path());
     let shown = format!(
         "node {script} --url {url} --protocol {protocol} ({:?} after {:?})\nstdout:\n{}\nstderr:\n{}",
         run.status, run.elapsed, run.stdout, run.stderr

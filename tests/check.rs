@@ -18,61 +18,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A loopback port where nothing listens, on UDP and TCP.
-fn closed_port() -> u16 {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = udp.local_addr().unwrap().port();
-    drop(udp);
-    port
-}
-
-/// A profile of the server's TURN listeners: UDP required, TCP and TLS as
-/// its fallbacks.
-fn profile(udp: SocketAddr, tcp: SocketAddr, tls: SocketAddr) -> String {
-    format!(
-        r#"
-[profile]
-name = "Loopback relay"
-source = "the test"
-
-[[endpoint]]
-id = "stun"
-kind = "stun-udp"
-host = "127.0.0.1"
-port = {udp_port}
-required = false
-
-[[endpoint]]
-id = "turn"
-kind = "turn-udp"
-host = "127.0.0.1"
-port = {udp_port}
-
-[[endpoint]]
-id = "turn-tcp"
-kind = "turn-tcp"
-host = "127.0.0.1"
-port = {tcp_port}
-required = false
-fallback_for = ["turn"]
-
-[[endpoint]]
-id = "turn-tls"
-kind = "turn-tls"
-host = "localhost"
-port = {tls_port}
-required = false
-fallback_for = ["turn"]
-
-[thresholds]
-rtt_ms = {{ max = 150, source = "Sococo guide" }}
-"#,
-        udp_port = udp.port(),
-        tcp_port = tcp.port(),
-        tls_port = tls.port()
-    )
-}
-
 /// Runs `turnpike check` with `args`; its exit code and standard output.
 fn check(args: &[&str]) -> (Option<i32>, String, String) {
     let mut cmd = Command::new(binary());
@@ -90,19 +35,10 @@ fn report(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
-fn check_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
-}
-
 #[test]
 fn a_reachable_server_is_ready_and_relays_between_two_allocations() {
     let server = ServerProcess::start_every_transport(&loopback_args());
-    let text = profile(
+    let text = relay_profile(
         server.addr_for(Via::Udp),
         server.addr_for(Via::Tcp),
         server.addr_for(Via::Tls { alpn: false }),
@@ -263,7 +199,7 @@ fn udp_blocked_with_a_tls_fallback_is_degraded_and_names_the_udp_rule() {
     let server = ServerProcess::start_every_transport(&loopback_args());
     let closed = closed_port();
     let udp: SocketAddr = format!("127.0.0.1:{closed}").parse().unwrap();
-    let text = profile(
+    let text = relay_profile(
         udp,
         format!("127.0.0.1:{}", closed_port()).parse().unwrap(),
         server.addr_for(Via::Tls { alpn: false }),
@@ -332,7 +268,7 @@ fn udp_blocked_with_a_tls_fallback_is_degraded_and_names_the_udp_rule() {
 #[test]
 fn nothing_reachable_is_blocked() {
     let p = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
-    let text = profile(p(closed_port()), p(closed_port()), p(closed_port()));
+    let text = relay_profile(p(closed_port()), p(closed_port()), p(closed_port()));
     let file = config_file(&text);
     let (code, out, err) = check(&["--profile", &file.path, "--json", "--timeout", "5"]);
     assert_eq!(code, Some(2), "{out}\n{err}");

@@ -41,35 +41,6 @@ fn tool(name: &str) -> Result<PathBuf, String> {
     on_path(name, "coturn")
 }
 
-/// The Python of the virtualenv `scripts/test-deps` makes in the target
-/// directory, if it can import aioice.
-fn aioice_python() -> Result<PathBuf, String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        // A relative target directory is taken from the repo root.
-        candidates.push(manifest.join(dir).join("test-venv/bin/python"));
-    }
-    candidates.push(manifest.join("target/test-venv/bin/python"));
-    for python in &candidates {
-        let imports = Command::new(python)
-            .args(["-c", "import aioice"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if imports {
-            return Ok(python.clone());
-        }
-    }
-    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    Err(format!(
-        "no Python that imports aioice at {}",
-        tried.join(" or ")
-    ))
-}
-
 /// What a bounded run of a client printed and how it ended.
 struct Run {
     /// `None` when it was killed for taking too long.
@@ -474,7 +445,7 @@ fn check_aioice_allocations(ended: &[String], user: impl Fn(&str) -> bool) {
 
 #[test]
 fn aioice_relays_with_static_credentials() {
-    let python = require!(aioice_python());
+    let python = require!(venv_python("aioice"));
     let mut server = relay_server();
     aioice(
         &python,
@@ -488,7 +459,7 @@ fn aioice_relays_with_static_credentials() {
 
 #[test]
 fn aioice_relays_with_rest_credentials() {
-    let python = require!(aioice_python());
+    let python = require!(venv_python("aioice"));
     let mut server = relay_server();
 
     // Credentials the Python script makes from the secret on its own.

@@ -355,15 +355,6 @@ fn probe_config() -> ConfigFile {
     ))
 }
 
-fn check_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
-}
-
 fn status<'a>(report: &'a serde_json::Value, id: &str) -> &'a str {
     check_of(report, id)["status"].as_str().unwrap()
 }

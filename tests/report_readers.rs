@@ -21,14 +21,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
+use common::browser::{Browser, kill_browsers_using, run_bounded};
 use common::*;
-
-/// Where Debian's package puts Chromium, and what the script drives.
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// What the node script gives itself, browser start to close; opening a
 /// local page takes a second or two.
@@ -37,144 +35,13 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 /// When the node script is killed if its own timeout did not end it.
 const KILL_AFTER: Duration = Duration::from_secs(30);
 
-/// The profile's name, as the reports carry it.
-const PROFILE_NAME: &str = "Loopback relay";
-
 /// The TURN credentials `loopback_args` gives the server.
 const CREDENTIALS: [&str; 4] = ["--user", "alice", "--password", "wonderland"];
-
-/// What drives the browser: node, the npm prefix holding playwright-core,
-/// and Chromium.
-struct Browser {
-    node: PathBuf,
-    modules: PathBuf,
-    chromium: PathBuf,
-}
-
-impl Browser {
-    fn find() -> Result<Self, String> {
-        let node = on_path("node", "nodejs")?;
-        let chromium = PathBuf::from(CHROMIUM);
-        if !is_executable(&chromium) {
-            return Err(format!("no {CHROMIUM} (Debian package chromium)"));
-        }
-        let candidates = in_target_dirs("browser-node");
-        let modules = candidates
-            .iter()
-            .find(|prefix| {
-                prefix
-                    .join("node_modules/playwright-core/package.json")
-                    .is_file()
-            })
-            .cloned()
-            .ok_or_else(|| {
-                let tried: Vec<String> =
-                    candidates.iter().map(|p| p.display().to_string()).collect();
-                format!("no playwright-core under {}", tried.join(" or "))
-            })?;
-        Ok(Self {
-            node,
-            modules,
-            chromium,
-        })
-    }
-}
-
-/// `name` in each target directory scripts/test-deps may have installed
-/// into: CARGO_TARGET_DIR's (a relative one taken from the repo root), then
-/// the repo's own `target`.
-fn in_target_dirs(name: &str) -> Vec<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(manifest.join(dir).join(name));
-    }
-    candidates.push(manifest.join("target").join(name));
-    candidates
-}
-
-/// The Python of the virtualenv scripts/test-deps makes in the target
-/// directory, if it can import junitparser.
-fn junitparser_python() -> Result<PathBuf, String> {
-    let candidates = in_target_dirs("test-venv/bin/python");
-    for python in &candidates {
-        let imports = Command::new(python)
-            .args(["-c", "import junitparser"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if imports {
-            return Ok(python.clone());
-        }
-    }
-    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    Err(format!(
-        "no Python that imports junitparser at {}",
-        tried.join(" or ")
-    ))
-}
-
-/// A loopback port where nothing listens, on UDP and TCP.
-fn closed_port() -> u16 {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = udp.local_addr().unwrap().port();
-    drop(udp);
-    port
-}
-
-/// A profile of a server's TURN listeners: UDP required, TCP and TLS as
-/// its fallbacks, and STUN.
-fn profile(udp: SocketAddr, tcp: SocketAddr, tls: SocketAddr) -> String {
-    format!(
-        r#"
-[profile]
-name = "{PROFILE_NAME}"
-source = "the test"
-
-[[endpoint]]
-id = "stun"
-kind = "stun-udp"
-host = "127.0.0.1"
-port = {udp_port}
-required = false
-
-[[endpoint]]
-id = "turn"
-kind = "turn-udp"
-host = "127.0.0.1"
-port = {udp_port}
-
-[[endpoint]]
-id = "turn-tcp"
-kind = "turn-tcp"
-host = "127.0.0.1"
-port = {tcp_port}
-required = false
-fallback_for = ["turn"]
-
-[[endpoint]]
-id = "turn-tls"
-kind = "turn-tls"
-host = "localhost"
-port = {tls_port}
-required = false
-fallback_for = ["turn"]
-
-[thresholds]
-rtt_ms = {{ max = 150, source = "Sococo guide" }}
-"#,
-        udp_port = udp.port(),
-        tcp_port = tcp.port(),
-        tls_port = tls.port()
-    )
-}
 
 /// A server on every transport, and the profile of its listeners.
 fn ready_server() -> (ServerProcess, ConfigFile) {
     let server = ServerProcess::start_every_transport(&loopback_args());
-    let file = config_file(&profile(
+    let file = config_file(&relay_profile(
         server.addr_for(Via::Udp),
         server.addr_for(Via::Tcp),
         server.addr_for(Via::Tls { alpn: false }),
@@ -185,7 +52,7 @@ fn ready_server() -> (ServerProcess, ConfigFile) {
 /// A profile whose every endpoint is a closed loopback port.
 fn blocked_profile() -> ConfigFile {
     let p = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
-    config_file(&profile(
+    config_file(&relay_profile(
         p(closed_port()),
         p(closed_port()),
         p(closed_port()),
@@ -274,52 +141,6 @@ fn check_blocked(flag: &str, file: &Path) -> Checked {
     run
 }
 
-/// SIGTERM, on which Playwright closes the browser it launched, a few
-/// seconds' grace, then SIGKILL.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Kills, by process id, every process whose command line names `profile`,
-/// the user data directory this test made for its browser and no other.
-fn kill_browsers_using(profile: &Path) {
-    let needle = format!("--user-data-dir={}", profile.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline
-            .split(|&b| b == 0)
-            .any(|arg| arg == needle.as_bytes())
-        {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    }
-}
-
 /// Opens `page` in Chromium; what the script saw in it.
 fn show(browser: &Browser, page: &Path) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/show_page.mjs");
@@ -337,10 +158,7 @@ fn show(browser: &Browser, page: &Path) -> serde_json::Value {
         .args(["--timeout", &PAGE_TIMEOUT.as_secs().to_string()])
         // Playwright never fetches a browser here: it drives Debian's.
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
-    let run = run_with_limit(&mut cmd, KILL_AFTER, |child| {
-        stop(child);
-        kill_browsers_using(profile.path());
-    });
+    let run = run_bounded(&mut cmd, KILL_AFTER, profile.path());
     // Whatever of this browser outlived the script.
     kill_browsers_using(profile.path());
     let shown = format!(
@@ -381,7 +199,7 @@ fn assert_page(seen: &serde_json::Value, run: &Checked, word: &str) {
     assert_eq!(seen["verdict"], word, "{seen:#}");
     assert_eq!(
         seen["title"],
-        format!("{word}: turnpike check, {PROFILE_NAME}"),
+        format!("{word}: turnpike check, {RELAY_PROFILE}"),
         "{seen:#}"
     );
     assert_eq!(
@@ -497,7 +315,7 @@ fn assert_junit(read: &serde_json::Value, run: &Checked) {
     let suite = &suites[0];
     assert_eq!(
         suite["name"],
-        format!("turnpike check: {PROFILE_NAME}"),
+        format!("turnpike check: {RELAY_PROFILE}"),
         "{shown}"
     );
 
@@ -538,13 +356,13 @@ fn assert_junit(read: &serde_json::Value, run: &Checked) {
     let properties = &suite["properties"];
     assert_eq!(properties["verdict"], run.report["verdict"], "{shown}");
     assert_eq!(properties["target"], run.report["target"], "{shown}");
-    assert_eq!(properties["profile"], PROFILE_NAME, "{shown}");
+    assert_eq!(properties["profile"], RELAY_PROFILE, "{shown}");
     assert_eq!(properties["summary"], run.report["summary"], "{shown}");
 }
 
 #[test]
 fn the_junit_report_reads_with_junitparser() {
-    let python = require!(junitparser_python());
+    let python = require!(venv_python("junitparser"));
     let out = tempfile::tempdir().unwrap();
 
     let file = out.path().join("ready.xml");

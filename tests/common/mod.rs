@@ -25,6 +25,8 @@ use turnpike_stun::{
     TransactionId,
 };
 
+pub mod browser;
+
 pub const REALM: &str = "turnpike.test";
 
 /// Says why a test is skipped: something it needs is missing. Under
@@ -68,6 +70,42 @@ pub fn on_path(name: &str, package: &str) -> Result<PathBuf, String> {
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
         .ok_or_else(|| format!("{name} is not on PATH (Debian package {package})"))
+}
+
+/// `name` in each target directory scripts/test-deps may have installed
+/// into: CARGO_TARGET_DIR's (a relative one taken from the repo root), then
+/// the repo's own `target`.
+pub fn in_target_dirs(name: &str) -> Vec<PathBuf> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(manifest.join(dir).join(name));
+    }
+    candidates.push(manifest.join("target").join(name));
+    candidates
+}
+
+/// The Python of the virtualenv scripts/test-deps makes in the target
+/// directory, if it can import `module`.
+pub fn venv_python(module: &str) -> Result<PathBuf, String> {
+    let candidates = in_target_dirs("test-venv/bin/python");
+    for python in &candidates {
+        let imports = Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if imports {
+            return Ok(python.clone());
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "no Python that imports {module} at {}",
+        tried.join(" or ")
+    ))
 }
 
 /// A program's run, as [`run_with_limit`] saw it.
@@ -1079,4 +1117,73 @@ pub fn free_udp_range(n: u16) -> (u16, u16) {
         }
     }
     panic!("no {n} free consecutive UDP ports");
+}
+
+/// A loopback port where nothing listens, on UDP and TCP.
+pub fn closed_port() -> u16 {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp);
+    port
+}
+
+/// The name of [`relay_profile`]'s profile, as reports carry it.
+pub const RELAY_PROFILE: &str = "Loopback relay";
+
+/// A requirement profile (for `turnpike check --profile`) of a server's
+/// TURN listeners on loopback: UDP required, TCP and TLS (named
+/// `localhost`) as its fallbacks, and STUN.
+pub fn relay_profile(udp: SocketAddr, tcp: SocketAddr, tls: SocketAddr) -> String {
+    format!(
+        r#"
+[profile]
+name = "{RELAY_PROFILE}"
+source = "the test"
+
+[[endpoint]]
+id = "stun"
+kind = "stun-udp"
+host = "127.0.0.1"
+port = {udp_port}
+required = false
+
+[[endpoint]]
+id = "turn"
+kind = "turn-udp"
+host = "127.0.0.1"
+port = {udp_port}
+
+[[endpoint]]
+id = "turn-tcp"
+kind = "turn-tcp"
+host = "127.0.0.1"
+port = {tcp_port}
+required = false
+fallback_for = ["turn"]
+
+[[endpoint]]
+id = "turn-tls"
+kind = "turn-tls"
+host = "localhost"
+port = {tls_port}
+required = false
+fallback_for = ["turn"]
+
+[thresholds]
+rtt_ms = {{ max = 150, source = "Sococo guide" }}
+"#,
+        udp_port = udp.port(),
+        tcp_port = tcp.port(),
+        tls_port = tls.port()
+    )
+}
+
+/// The check `id` of a `turnpike check --json` report.
+pub fn check_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}: {report:#}"))
 }
