@@ -2131,13 +2131,11 @@ fn answers_written_over_old_data_carry_none_of_it() {
 mod check_credentials {
     use super::*;
 
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use turnpike_turn::auth::Credentials;
+    use turnpike_turn::Shared;
     use turnpike_turn::check::{self, CheckAccess};
     use turnpike_turn::policy::{PeerPolicy, PolicyConfig};
-    use turnpike_turn::{Server, Shared};
 
     const CHECK_KEY: &[u8] = b"the-check-key-never-leaves";
     /// The probe responder: on the relay address (bound 10.0.0.1, advertised
@@ -2157,26 +2155,13 @@ mod check_credentials {
     }
 
     fn harness_with(config: turnpike_turn::Config, access: Option<CheckAccess>) -> Harness {
-        let credentials =
-            Credentials::new(REALM, [("alice", "wonderland")], [b"secret-one".as_slice()])
-                .with_check_key(CHECK_KEY);
+        let credentials = common::credentials().with_check_key(CHECK_KEY);
         let t0 = std::time::Instant::now();
         let mut shared = Shared::new(config, credentials, [42; 32], t0);
         if let Some(access) = access {
             shared = shared.with_check_access(access);
         }
-        Harness {
-            server: Server::new(
-                Arc::new(shared),
-                common::FakeRelays::default(),
-                [1; 32],
-                t0,
-                UNIX_T0,
-            ),
-            t0,
-            now: t0,
-            events: Vec::new(),
-        }
+        Harness::with_shared(shared, t0)
     }
 
     /// Loopback allowed, as `--allow-peer 127.0.0.0/8` does in tests.

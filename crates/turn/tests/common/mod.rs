@@ -167,6 +167,16 @@ pub fn config(limits: Limits, allow: &[&str]) -> Config {
     }
 }
 
+/// The users (alice, bob) and REST secrets (secret-one, secret-two) of
+/// every harness.
+pub fn credentials() -> Credentials {
+    Credentials::new(
+        REALM,
+        [("alice", "wonderland"), ("bob", "builder")],
+        [b"secret-one".as_slice(), b"secret-two".as_slice()],
+    )
+}
+
 impl Harness {
     pub fn new() -> Self {
         Self::with(Limits::default(), &[])
@@ -177,14 +187,19 @@ impl Harness {
     }
 
     pub fn with_config(config: Config) -> Self {
-        let credentials = Credentials::new(
-            REALM,
-            [("alice", "wonderland"), ("bob", "builder")],
-            [b"secret-one".as_slice(), b"secret-two".as_slice()],
-        );
         let t0 = Instant::now();
-        let shared = Arc::new(Shared::new(config, credentials, [42; 32], t0));
-        let server = Server::new(shared, FakeRelays::default(), [1; 32], t0, UNIX_T0);
+        Self::with_shared(Shared::new(config, credentials(), [42; 32], t0), t0)
+    }
+
+    /// A server on `shared`, made at `t0`.
+    pub fn with_shared(shared: Shared<SocketAddr>, t0: Instant) -> Self {
+        let server = Server::new(
+            Arc::new(shared),
+            FakeRelays::default(),
+            [1; 32],
+            t0,
+            UNIX_T0,
+        );
         Self {
             server,
             t0,
