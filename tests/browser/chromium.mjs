@@ -1,6 +1,6 @@
-// How the browser tests' scripts (relay_call.mjs, show_page.mjs) launch
-// Debian's Chromium through playwright-core: the same command line for
-// every script, all of it ours.
+// How the browser tests' scripts (relay_call.mjs, show_page.mjs) run Debian's
+// Chromium through playwright-core: the same command line for every script,
+// all of it ours, and the same bounded run with one JSON report at the end.
 
 import { X509Certificate, createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -11,7 +11,7 @@ import path from "node:path";
 // for what Debian's /usr/bin/chromium adds from /etc/chromium.d: Playwright's
 // defaults carry a --disable-features of their own, and Chromium honours only
 // the last one, so ours would silently cancel theirs.
-export function chromiumArgs(userDataDir, trustCert) {
+function chromiumArgs(userDataDir, trustCert) {
   const trusted = [];
   if (trustCert) {
     // Chromium takes the base64 SHA-256 of the certificate's public key.
@@ -71,7 +71,7 @@ export function chromiumArgs(userDataDir, trustCert) {
 // under the cargo target directory, outside the source tree), within
 // `timeoutMs`. `userDataDir` is a fresh empty profile directory that the
 // caller owns and removes.
-export async function launchChromium({
+async function launchChromium({
   modules,
   executablePath,
   userDataDir,
@@ -86,4 +86,36 @@ export async function launchChromium({
     args: chromiumArgs(path.resolve(userDataDir), trustCert),
     timeout: timeoutMs,
   });
+}
+
+// Runs `work(browser, report)` in a Chromium launched as `launchChromium`
+// does with `launch`, within `timeoutS` seconds, then prints `report` as one
+// JSON line and exits: 0 when `report.ok`, else 1. `report.stage` says how
+// far the run got; past the deadline the report says where it stuck, and
+// the browser goes with this process (Playwright kills the browsers it
+// launched when node exits). An error thrown by `work` is added to
+// `report.failures`.
+export async function runInChromium(launch, timeoutS, report, work) {
+  report.ok = false;
+  report.stage = "launch";
+  let browser;
+  const timer = setTimeout(() => {
+    report.ok = false;
+    report.failures = [`timed out after ${timeoutS}s during ${report.stage}`];
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+    process.exit(1);
+  }, timeoutS * 1000);
+  try {
+    browser = await launchChromium({ ...launch, timeoutMs: timeoutS * 1000 });
+    report.browser = browser.version();
+    await work(browser, report);
+    report.stage = "close";
+  } catch (err) {
+    report.ok = false;
+    report.failures = [...(report.failures ?? []), String(err)];
+  }
+  await browser?.close().catch(() => {});
+  clearTimeout(timer);
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  process.exit(report.ok ? 0 : 1);
 }

@@ -27,7 +27,7 @@
 
 import { parseArgs } from "node:util";
 
-import { launchChromium } from "./chromium.mjs";
+import { runInChromium } from "./chromium.mjs";
 
 function usage(message) {
   process.stderr.write(`relay_call.mjs: ${message}\n`);
@@ -289,28 +289,13 @@ async function call({ iceServers, messages, protocol, deadline }) {
 async function main() {
   const opts = options();
   const deadline = Date.now() + opts.timeout * 1000;
-  const report = { ok: false, stage: "launch" };
-  let browser;
-
-  // Past the deadline the report says where the run stuck, and the browser
-  // goes with this process (Playwright kills the browsers it launched when
-  // node exits).
-  const timer = setTimeout(() => {
-    report.ok = false;
-    report.failures = [`timed out after ${opts.timeout}s during ${report.stage}`];
-    process.stdout.write(`${JSON.stringify(report)}\n`);
-    process.exit(1);
-  }, opts.timeout * 1000);
-
-  try {
-    browser = await launchChromium({
-      modules: opts.modules,
-      executablePath: opts.chromium,
-      userDataDir: opts["user-data-dir"],
-      trustCert: opts["trust-cert"],
-      timeoutMs: opts.timeout * 1000,
-    });
-    report.browser = browser.version();
+  const launch = {
+    modules: opts.modules,
+    executablePath: opts.chromium,
+    userDataDir: opts["user-data-dir"],
+    trustCert: opts["trust-cert"],
+  };
+  await runInChromium(launch, opts.timeout, {}, async (browser, report) => {
     report.stage = "call";
     const page = await browser.newPage();
     const iceServers = [{ urls: opts.url, username: opts.username, credential: opts.credential }];
@@ -324,15 +309,7 @@ async function main() {
         deadline: deadline - 3000,
       }),
     );
-    report.stage = "close";
-  } catch (err) {
-    report.ok = false;
-    report.failures = [...(report.failures ?? []), String(err)];
-  }
-  await browser?.close().catch(() => {});
-  clearTimeout(timer);
-  process.stdout.write(`${JSON.stringify(report)}\n`);
-  process.exit(report.ok ? 0 : 1);
+  });
 }
 
 main();

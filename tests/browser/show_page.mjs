@@ -19,7 +19,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
-import { launchChromium } from "./chromium.mjs";
+import { runInChromium } from "./chromium.mjs";
 
 // What the report's HTML renderer writes for each check: one row in the
 // table body of the section #checks.
@@ -56,27 +56,12 @@ function options() {
 
 async function main() {
   const opts = options();
-  const report = { ok: false, stage: "launch", requests: [] };
-  let browser;
-
-  // Past the deadline the report says where the run stuck, and the browser
-  // goes with this process (Playwright kills the browsers it launched when
-  // node exits).
-  const timer = setTimeout(() => {
-    report.ok = false;
-    report.failures = [`timed out after ${opts.timeout}s during ${report.stage}`];
-    process.stdout.write(`${JSON.stringify(report)}\n`);
-    process.exit(1);
-  }, opts.timeout * 1000);
-
-  try {
-    browser = await launchChromium({
-      modules: opts.modules,
-      executablePath: opts.chromium,
-      userDataDir: opts["user-data-dir"],
-      timeoutMs: opts.timeout * 1000,
-    });
-    report.browser = browser.version();
+  const launch = {
+    modules: opts.modules,
+    executablePath: opts.chromium,
+    userDataDir: opts["user-data-dir"],
+  };
+  await runInChromium(launch, opts.timeout, { requests: [] }, async (browser, report) => {
     report.stage = "load";
     const page = await browser.newPage();
     page.on("request", (request) => {
@@ -102,15 +87,7 @@ async function main() {
     );
     report.ok = report.verdict !== null;
     if (!report.ok) report.failures = ["the page has no element #verdict"];
-    report.stage = "close";
-  } catch (err) {
-    report.ok = false;
-    report.failures = [...(report.failures ?? []), String(err)];
-  }
-  await browser?.close().catch(() => {});
-  clearTimeout(timer);
-  process.stdout.write(`${JSON.stringify(report)}\n`);
-  process.exit(report.ok ? 0 : 1);
+  });
 }
 
 main();
