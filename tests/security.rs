@@ -647,6 +647,24 @@ fn flood_from(target: SocketAddr, sources: &[std::net::IpAddr], count: usize) ->
     (answers, started.elapsed())
 }
 
+/// A server for the flood tests (loopback peers allowed, metrics on) and
+/// an echo peer, with a real allocation made and gone to warm every path.
+fn flood_target() -> (ServerProcess, SocketAddr) {
+    let mut args = loopback_args();
+    args.extend([
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--http-address",
+        "127.0.0.1:0",
+    ]);
+    let server = ServerProcess::start(&args);
+    let peer = echo_peer(10_000);
+    let mut warm = TurnClient::new(server.addr, "alice", "wonderland");
+    warm.allocate();
+    let _ = warm.request(Method::REFRESH, &[Attr::Lifetime(0)]);
+    (server, peer)
+}
+
 /// Real clients allocating, relaying through `peer` and leaving, again
 /// and again, until `flooder` is done (three times at least); returns how
 /// many did.
@@ -690,20 +708,7 @@ fn a_flood_from_many_sources_leaves_nothing_behind() {
     let sources: Vec<std::net::IpAddr> = (0..4096u32)
         .map(|i| std::net::Ipv4Addr::from(0x7F10_0000 + i).into())
         .collect();
-    let mut args = loopback_args();
-    args.extend([
-        "--allow-peer",
-        "127.0.0.0/8",
-        "--http-address",
-        "127.0.0.1:0",
-    ]);
-    let server = ServerProcess::start(&args);
-    let peer = echo_peer(10_000);
-    {
-        let mut warm = TurnClient::new(server.addr, "alice", "wonderland");
-        warm.allocate();
-        let _ = warm.request(Method::REFRESH, &[Attr::Lifetime(0)]);
-    }
+    let (server, peer) = flood_target();
     flood_from(server.addr, &sources[..256], 2_000);
 
     let rss_before = server.rss_kib();
@@ -737,22 +742,9 @@ fn a_flood_from_many_sources_leaves_nothing_behind() {
 #[test]
 fn a_flood_of_unauthenticated_allocates_leaves_nothing_behind() {
     const FLOOD: usize = 100_000;
-    let mut args = loopback_args();
-    args.extend([
-        "--allow-peer",
-        "127.0.0.0/8",
-        "--http-address",
-        "127.0.0.1:0",
-    ]);
-    let server = ServerProcess::start(&args);
-    let peer = echo_peer(10_000);
-    // Warm every path once: a real allocation made and gone, and a small
-    // flood, so that what follows measures only what a flood adds.
-    {
-        let mut warm = TurnClient::new(server.addr, "alice", "wonderland");
-        warm.allocate();
-        let _ = warm.request(Method::REFRESH, &[Attr::Lifetime(0)]);
-    }
+    let (server, peer) = flood_target();
+    // And a small flood, so that what follows measures only what a flood
+    // adds.
     flood(server.addr, 2_000);
 
     // The flood alone: nothing stays.
