@@ -188,35 +188,23 @@ pub(crate) fn spawn_plain(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the HTTP runtime");
-                    return;
-                }
+    crate::serve::spawn_with_runtime("http".into(), "the HTTP listener", move |runtime| {
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
             };
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let stop = async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                };
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(listener, service)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::warn!(error = %e, "the HTTP listener stopped");
-                }
-            });
-        })
+            let stop = async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            };
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::warn!(error = %e, "the HTTP listener stopped");
+            }
+        });
+    })
 }
 
 /// 200 "ok" while the server takes new allocations; 503 "draining" once

@@ -118,50 +118,38 @@ pub(crate) fn spawn(
         listener.set_nonblocking(true)?;
     }
     let seed = rand::rng().next_u64();
-    std::thread::Builder::new()
-        .name("probe".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(error = %e, "cannot start the probe responder's runtime");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let limiter = Arc::new(Mutex::new(RateLimiter::new(
-                    replies_per_second,
-                    replies_per_second,
-                    Instant::now(),
-                    seed,
-                )));
-                for socket in bound.udp {
-                    match tokio::net::UdpSocket::from_std(socket) {
-                        Ok(socket) => {
-                            tokio::spawn(serve_udp(
-                                socket,
-                                Arc::clone(&limiter),
-                                Arc::clone(&counters),
-                            ));
-                        }
-                        Err(e) => warn!(error = %e, "a probe port cannot be served"),
+    crate::serve::spawn_with_runtime("probe".into(), "the probe responder", move |runtime| {
+        runtime.block_on(async move {
+            let limiter = Arc::new(Mutex::new(RateLimiter::new(
+                replies_per_second,
+                replies_per_second,
+                Instant::now(),
+                seed,
+            )));
+            for socket in bound.udp {
+                match tokio::net::UdpSocket::from_std(socket) {
+                    Ok(socket) => {
+                        tokio::spawn(serve_udp(
+                            socket,
+                            Arc::clone(&limiter),
+                            Arc::clone(&counters),
+                        ));
                     }
+                    Err(e) => warn!(error = %e, "a probe port cannot be served"),
                 }
-                if let Some(listener) = bound.tcp {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            tokio::spawn(accept_tcp(listener, limiter, counters));
-                        }
-                        Err(e) => warn!(error = %e, "the probe TCP port cannot be served"),
+            }
+            if let Some(listener) = bound.tcp {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        tokio::spawn(accept_tcp(listener, limiter, counters));
                     }
+                    Err(e) => warn!(error = %e, "the probe TCP port cannot be served"),
                 }
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            });
-            // Dropping the runtime ends every task and closes the sockets.
-        })
+            }
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+        // Dropping the runtime ends every task and closes the sockets.
+    })
 }
 
 /// Nanoseconds since the Unix epoch, now.

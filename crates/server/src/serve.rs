@@ -46,6 +46,25 @@ pub struct ProbeListening {
     pub credentials: bool,
 }
 
+/// Runs `f` on a thread named `name` with a current-thread tokio runtime
+/// of its own (shards, the HTTP listener, the probe responder); a runtime
+/// that cannot start is logged, naming `what`, and the thread ends.
+pub(crate) fn spawn_with_runtime(
+    name: String,
+    what: &'static str,
+    f: impl FnOnce(&tokio::runtime::Runtime) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => f(&runtime),
+            Err(e) => warn!(error = %e, "cannot start {what}'s runtime"),
+        }
+    })
+}
+
 /// Where the REST secret came from, when none was configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GeneratedSecret {

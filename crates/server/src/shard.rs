@@ -114,24 +114,13 @@ pub(crate) struct ShardSetup {
 
 /// Runs a shard on a thread of its own until shutdown.
 pub(crate) fn spawn(setup: ShardSetup) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("shard-{}", setup.index))
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(error = %e, "cannot start a shard runtime");
-                    return;
-                }
-            };
-            let local = tokio::task::LocalSet::new();
-            if let Err(e) = local.block_on(&runtime, run(setup)) {
-                warn!(error = %e, "shard stopped");
-            }
-        })
+    let name = format!("shard-{}", setup.index);
+    crate::serve::spawn_with_runtime(name, "a shard", move |runtime| {
+        let local = tokio::task::LocalSet::new();
+        if let Err(e) = local.block_on(runtime, run(setup)) {
+            warn!(error = %e, "shard stopped");
+        }
+    })
 }
 
 async fn run(setup: ShardSetup) -> io::Result<()> {
