@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 use turnpike_profile::Published;
 
-use crate::net::{self, DIRECT_WHEN_PROXIED, Proxy, Step};
+use crate::net::{self, Proxy, Route, Step};
 
 /// The largest profile document read.
 const MAX_BODY: usize = 1 << 20;
@@ -78,31 +78,21 @@ pub async fn published(
     deadline: Instant,
     proxy: Option<&Proxy>,
 ) -> Result<(Published, Option<String>), String> {
-    let direct = async {
+    let direct = |deadline| async move {
         let addrs = net::within(deadline, Step::Connect, async {
             net::resolve(&base.host, base.port)
                 .await
                 .map_err(|e| net::Failure::new(Step::Connect, format!("{}: {e}", base.host)))
         })
         .await?;
-        let soon = match proxy {
-            Some(_) => (Instant::now() + DIRECT_WHEN_PROXIED).min(deadline),
-            None => deadline,
-        };
-        net::connect(&addrs, soon).await
+        net::connect(&addrs, deadline).await
     };
-    let (tcp, at) = match (direct.await, proxy) {
-        (Ok((tcp, at)), _) => (tcp, at.to_string()),
-        (Err(f), Some(proxy)) => {
-            let tcp = net::connect_via(proxy, &base.host, base.port, deadline)
-                .await
-                .map_err(|via| format!("{}; through the proxy: {}", f.detail, via.detail))?;
-            (
-                tcp,
-                format!("{}:{} (through the proxy)", base.host, base.port),
-            )
-        }
-        (Err(f), None) => return Err(f.detail),
+    let (tcp, route) = net::direct_or_tunnel(direct, &base.host, base.port, proxy, deadline)
+        .await
+        .map_err(|f| f.detail)?;
+    let at = match route {
+        Route::Direct => format!("{}:{}", base.host, base.port),
+        Route::Proxied(..) => format!("{}:{} (through the proxy)", base.host, base.port),
     };
     let (mut stream, issuer): (net::Stream, _) = if base.tls {
         let (s, seen) = net::tls_over(tcp, &base.host, &[b"http/1.1"], deadline)

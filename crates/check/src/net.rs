@@ -93,7 +93,47 @@ pub(crate) async fn connect(
 /// How long a direct connection may take when a proxy is there to try
 /// next: a reachable host answers a SYN well within it, and a firewall
 /// that drops it leaves the proxy the rest of the time.
-pub(crate) const DIRECT_WHEN_PROXIED: std::time::Duration = std::time::Duration::from_secs(3);
+const DIRECT_WHEN_PROXIED: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How a TCP connection to an endpoint was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    Direct,
+    /// Through the proxy, after the direct attempt failed thus.
+    Proxied(Proxy, Failure),
+}
+
+/// A TCP connection made by `direct` (given its deadline), else, when
+/// that cannot connect and `proxy` is given, a tunnel through the proxy to
+/// `host:port`. With a proxy to try next, `direct` gets
+/// [`DIRECT_WHEN_PROXIED`] at most.
+pub(crate) async fn direct_or_tunnel<F, Fut>(
+    direct: F,
+    host: &str,
+    port: u16,
+    proxy: Option<&Proxy>,
+    deadline: Instant,
+) -> Result<(TcpStream, Route), Failure>
+where
+    F: FnOnce(Instant) -> Fut,
+    Fut: Future<Output = Result<(TcpStream, SocketAddr), Failure>>,
+{
+    let Some(proxy) = proxy else {
+        return direct(deadline).await.map(|(tcp, _)| (tcp, Route::Direct));
+    };
+    let f = match direct((Instant::now() + DIRECT_WHEN_PROXIED).min(deadline)).await {
+        Ok((tcp, _)) => return Ok((tcp, Route::Direct)),
+        Err(f) if f.step == Step::Connect => f,
+        Err(f) => return Err(f),
+    };
+    match connect_via(proxy, host, port, deadline).await {
+        Ok(tcp) => Ok((tcp, Route::Proxied(proxy.clone(), f))),
+        Err(via) => Err(Failure::new(
+            f.step,
+            format!("{}; through the proxy: {}", f.detail, via.detail),
+        )),
+    }
+}
 
 /// An HTTP proxy for HTTPS (`HTTPS_PROXY`, `https_proxy`): `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use turnpike_profile::{Endpoint, Kind, Profile};
 use turnpike_stun::{Attr, AttrType, Method};
 
 use crate::client::{Client, Link};
-use crate::net::{self, DIRECT_WHEN_PROXIED, Failure, Proxy, Step};
+use crate::net::{self, Failure, Proxy, Route, Step};
 use crate::report::{Check, Report, Status};
 use crate::tls::Seen;
 use crate::{probe, remedy};
@@ -267,6 +267,21 @@ impl Outcome {
         }
     }
 
+    /// A warning when `route` went through the proxy: the direct rule is
+    /// the one to change.
+    fn through(mut self, route: &Route, e: &Endpoint, addrs: &[SocketAddr]) -> Self {
+        if let Route::Proxied(proxy, direct) = route {
+            self.status = Status::Warn;
+            self.detail = format!(
+                "only through the proxy {}:{}: {}; direct: {}",
+                proxy.host, proxy.port, self.detail, direct.detail
+            );
+            let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+            self.remediation = Some(remedy::for_failure(e, &ips, direct));
+        }
+        self
+    }
+
     fn ms(detail: String, took: Duration) -> Self {
         Self {
             value: serde_json::json!((took.as_secs_f64() * 10_000.0).round() / 10.0),
@@ -342,41 +357,11 @@ async fn tls_endpoint(
     deadline: Instant,
 ) -> Result<Outcome, Failure> {
     let port = e.port.unwrap_or(443);
-    let direct = async {
-        let (tcp, _) = net::connect(addrs, direct_deadline(plan, deadline)).await?;
-        tls_session(plan, e, tcp, deadline).await
-    }
-    .await;
-    match (direct, &plan.proxy) {
-        (Ok(o), _) => Ok(o),
-        (Err(f), Some(proxy)) if f.step == Step::Connect => {
-            match async {
-                let tcp = net::connect_via(proxy, &e.host, port, deadline).await?;
-                tls_session(plan, e, tcp, deadline).await
-            }
-            .await
-            {
-                Ok(mut o) => {
-                    o.status = Status::Warn;
-                    o.detail = format!(
-                        "only through the proxy {}:{}: {}; direct: {}",
-                        proxy.host, proxy.port, o.detail, f.detail
-                    );
-                    o.remediation = Some(remedy::for_failure(
-                        e,
-                        &addrs.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
-                        &f,
-                    ));
-                    Ok(o)
-                }
-                Err(via) => Err(Failure::new(
-                    f.step,
-                    format!("{}; through the proxy: {}", f.detail, via.detail),
-                )),
-            }
-        }
-        (Err(f), _) => Err(f),
-    }
+    let direct = |deadline| net::connect(addrs, deadline);
+    let (tcp, route) =
+        net::direct_or_tunnel(direct, &e.host, port, plan.proxy.as_ref(), deadline).await?;
+    let o = tls_session(plan, e, tcp, deadline).await?;
+    Ok(o.through(&route, e, addrs))
 }
 
 async fn tls_session(
@@ -502,22 +487,13 @@ async fn http_exchange(
 }
 
 /// A link to a STUN/TURN endpoint over its transport.
-/// The deadline of a direct TCP connection: sooner when a proxy follows.
-fn direct_deadline(plan: &Plan, deadline: Instant) -> Instant {
-    if plan.proxy.is_some() {
-        (Instant::now() + DIRECT_WHEN_PROXIED).min(deadline)
-    } else {
-        deadline
-    }
-}
-
 /// A link to a STUN or TURN endpoint.
 struct Linked {
     link: Link,
     /// The certificate, over TLS.
     seen: Option<Seen>,
-    /// Why the direct path failed, when the link goes through the proxy.
-    proxied: Option<(Proxy, Failure)>,
+    /// Directly or through the proxy.
+    route: Route,
 }
 
 /// A link to a STUN or TURN endpoint: TURN over TCP and TLS that cannot
@@ -529,48 +505,30 @@ async fn link(
     addrs: &[SocketAddr],
     deadline: Instant,
 ) -> Result<Linked, Failure> {
-    let linked = |link, seen| Linked {
-        link,
-        seen,
-        proxied: None,
-    };
     if matches!(e.kind, Kind::StunUdp | Kind::TurnUdp) {
         let first = addrs
             .first()
             .ok_or_else(|| Failure::new(Step::Connect, "no address"))?;
-        return Ok(linked(Link::udp(*first).await?, None));
+        return Ok(Linked {
+            link: Link::udp(*first).await?,
+            seen: None,
+            route: Route::Direct,
+        });
     }
     let proxy = plan
         .proxy
         .as_ref()
         .filter(|_| matches!(e.kind, Kind::TurnTcp | Kind::TurnTls));
-    let (tcp, proxied) = match (
-        net::connect(addrs, direct_deadline(plan, deadline)).await,
-        proxy,
-    ) {
-        (Ok((tcp, _)), _) => (tcp, None),
-        (Err(f), Some(proxy)) if f.step == Step::Connect => {
-            let port = e.port.unwrap_or(0);
-            match net::connect_via(proxy, &e.host, port, deadline).await {
-                Ok(tcp) => (tcp, Some((proxy.clone(), f))),
-                Err(via) => {
-                    return Err(Failure::new(
-                        f.step,
-                        format!("{}; through the proxy: {}", f.detail, via.detail),
-                    ));
-                }
-            }
-        }
-        (Err(f), _) => return Err(f),
-    };
-    let mut out = if e.kind == Kind::TurnTls {
+    let direct = |deadline| net::connect(addrs, deadline);
+    let port = e.port.unwrap_or(0);
+    let (tcp, route) = net::direct_or_tunnel(direct, &e.host, port, proxy, deadline).await?;
+    let (link, seen) = if e.kind == Kind::TurnTls {
         let (stream, seen) = net::tls_over(tcp, &e.host, &[b"stun.turn"], deadline).await?;
-        linked(Link::stream(stream), Some(seen))
+        (Link::stream(stream), Some(seen))
     } else {
-        linked(Link::stream(Box::new(tcp)), None)
+        (Link::stream(Box::new(tcp)), None)
     };
-    out.proxied = proxied;
-    Ok(out)
+    Ok(Linked { link, seen, route })
 }
 
 async fn stun_binding(
@@ -620,16 +578,9 @@ async fn turn_endpoint(
     let t = Instant::now();
     let first = link(plan, e, addrs, deadline).await?;
     let a = Client::new(first.link, plan.credentials.clone());
-    let mut outcome = turn_exchange(plan, e, addrs, a, t, probe_peer, deadline).await?;
-    if let Some((proxy, direct)) = &first.proxied {
-        outcome.status = Status::Warn;
-        outcome.detail = format!(
-            "only through the proxy {}:{}: {}; direct: {}",
-            proxy.host, proxy.port, outcome.detail, direct.detail
-        );
-        let ips: Vec<std::net::IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-        outcome.remediation = Some(remedy::for_failure(e, &ips, direct));
-    }
+    let mut outcome = turn_exchange(plan, e, addrs, a, t, probe_peer, deadline)
+        .await?
+        .through(&first.route, e, addrs);
     if let Some(seen) = first.seen {
         let (status, note) = certificate(plan, &seen);
         outcome.detail = format!("{}; {note}", outcome.detail);
