@@ -14,7 +14,6 @@
 //! The profile describes the live configuration: its TURN listeners and
 //! the responder, with the thresholds of `profiles/turnpike.toml`.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +35,12 @@ use turnpike_turn::RelayIp;
 use turnpike_turn::ratelimit::RateLimiter;
 
 use crate::config::{Listen, ListenTransport, PortRange};
+use crate::stream::OpenConnections;
 
 /// TCP probe connections open at once, in all.
 const TCP_CONNECTIONS: usize = 256;
-/// TCP probe connections open at once from one source IP.
+/// TCP probe connections open at once from one source (an IPv4 address
+/// or an IPv6 /64).
 const TCP_CONNECTIONS_PER_SOURCE: usize = 8;
 /// How long a TCP probe connection may stay silent.
 const TCP_IDLE: Duration = Duration::from_secs(30);
@@ -202,55 +203,12 @@ async fn serve_udp(
     }
 }
 
-/// TCP probe connections open, in all and per source.
-#[derive(Debug, Default)]
-struct Open {
-    total: usize,
-    per_source: HashMap<IpAddr, usize>,
-}
-
-/// One open connection; dropping it frees its place.
-struct Place {
-    open: Arc<Mutex<Open>>,
-    source: IpAddr,
-}
-
-impl Place {
-    fn take(open: &Arc<Mutex<Open>>, source: IpAddr) -> Option<Self> {
-        let mut o = open.lock().ok()?;
-        let held = o.per_source.get(&source).copied().unwrap_or(0);
-        if o.total >= TCP_CONNECTIONS || held >= TCP_CONNECTIONS_PER_SOURCE {
-            return None;
-        }
-        o.total += 1;
-        o.per_source.insert(source, held + 1);
-        Some(Self {
-            open: Arc::clone(open),
-            source,
-        })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Ok(mut o) = self.open.lock() {
-            o.total = o.total.saturating_sub(1);
-            if let Some(held) = o.per_source.get_mut(&self.source) {
-                *held = held.saturating_sub(1);
-                if *held == 0 {
-                    o.per_source.remove(&self.source);
-                }
-            }
-        }
-    }
-}
-
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
     limiter: Arc<Mutex<RateLimiter>>,
     counters: Arc<Counters>,
 ) {
-    let open = Arc::new(Mutex::new(Open::default()));
+    let open = Arc::new(OpenConnections::default());
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -260,7 +218,12 @@ async fn accept_tcp(
             }
         };
         // Over the caps the connection is closed at once.
-        let Some(place) = Place::take(&open, from.ip()) else {
+        let Ok(place) = OpenConnections::admit(
+            &open,
+            from.ip(),
+            TCP_CONNECTIONS,
+            TCP_CONNECTIONS_PER_SOURCE,
+        ) else {
             continue;
         };
         let limiter = Arc::clone(&limiter);

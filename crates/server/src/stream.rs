@@ -102,6 +102,13 @@ pub(crate) struct OpenConnections {
     by_source: Mutex<HashMap<Source, usize>>,
 }
 
+/// Which cap a connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Over {
+    Total,
+    PerSource,
+}
+
 impl OpenConnections {
     /// Counts a new connection from `ip`, or names the limit it is over.
     fn take(
@@ -109,22 +116,38 @@ impl OpenConnections {
         ip: IpAddr,
         limits: &StreamLimits,
     ) -> Result<ConnectionSlot, &'static str> {
-        if open.total.fetch_add(1, Ordering::Relaxed) >= limits.connections {
+        Self::admit(open, ip, limits.connections, limits.connections_per_source).map_err(|over| {
+            match over {
+                Over::Total => "limits.connections",
+                Over::PerSource => "limits.connections_per_source",
+            }
+        })
+    }
+
+    /// Counts a new connection from `ip` if fewer than `connections` are
+    /// open in all and fewer than `per_source` from its source.
+    pub(crate) fn admit(
+        open: &Arc<Self>,
+        ip: IpAddr,
+        connections: usize,
+        per_source: usize,
+    ) -> Result<ConnectionSlot, Over> {
+        if open.total.fetch_add(1, Ordering::Relaxed) >= connections {
             open.total.fetch_sub(1, Ordering::Relaxed);
-            return Err("limits.connections");
+            return Err(Over::Total);
         }
         let source = source_key(ip);
         let Ok(mut by_source) = open.by_source.lock() else {
             open.total.fetch_sub(1, Ordering::Relaxed);
-            return Err("limits.connections_per_source");
+            return Err(Over::PerSource);
         };
         let held = by_source.entry(source).or_insert(0);
-        if *held >= limits.connections_per_source {
+        if *held >= per_source {
             if *held == 0 {
                 by_source.remove(&source);
             }
             open.total.fetch_sub(1, Ordering::Relaxed);
-            return Err("limits.connections_per_source");
+            return Err(Over::PerSource);
         }
         *held += 1;
         Ok(ConnectionSlot {
@@ -155,7 +178,7 @@ fn source_key(ip: IpAddr) -> Source {
 }
 
 /// One open connection, counted until dropped.
-struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     open: Arc<OpenConnections>,
     source: Source,
 }
