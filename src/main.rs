@@ -59,7 +59,9 @@ enum Command {
     /// fetches the server's profile (and test credentials, when it hands
     /// them out) from URL/api/v1/profile. Against any service:
     /// `turnpike check --profile FILE` (see profiles/). Every check runs at
-    /// once, within --timeout.
+    /// once, within --timeout. What cannot connect directly within 3 s (the
+    /// profile, TLS endpoints, TURN over TCP and TLS) is tried again through
+    /// HTTPS_PROXY, if set, and reported as working only through it.
     ///
     /// Exit status: 0 ready (direct UDP works), 1 degraded (only a fallback
     /// such as TURN over TLS works), 2 blocked, 3 for a bad flag or profile.
