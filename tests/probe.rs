@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use turnpike_probe::{Kind, Request};
+use turnpike_probe::{Kind, ReplyKind, Request};
 use turnpike_profile::{Kind as EndpointKind, Published};
 use turnpike_stun::integrity::LongTermKey;
 use turnpike_stun::{
@@ -85,11 +85,7 @@ fn profile(server: &ServerProcess) -> Published {
 
 fn request(kind: Kind, sequence: u32, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
-    let r = Request {
-        kind,
-        sequence,
-        timestamp: 0x1122_3344_5566_7788,
-    };
+    let r = Request::new(kind, sequence, 0x1122_3344_5566_7788);
     turnpike_probe::encode_request(&r, len, &mut buf).unwrap();
     buf
 }
@@ -196,7 +192,7 @@ fn udp_probes_are_answered_with_the_source_seen_and_malformed_ones_are_not() {
             .as_nanos();
         client.send_to(&sent, ("127.0.0.1", port)).unwrap();
         let reply = recv_reply(&client);
-        assert_eq!(reply.kind, Kind::Echo);
+        assert_eq!(reply.kind, ReplyKind::Echo);
         assert_eq!(reply.sequence, seq);
         assert_eq!(reply.timestamp, 0x1122_3344_5566_7788);
         assert_eq!(reply.source, client.local_addr().unwrap());
@@ -223,13 +219,13 @@ fn udp_probes_are_answered_with_the_source_seen_and_malformed_ones_are_not() {
     // Malformed datagrams (a foreign one, one too short to answer without
     // amplifying, garbage) get nothing; the valid one after them does. One
     // port is served in order, so its reply coming first proves it.
-    let mut short = request(Kind::Echo, 10, 48);
-    short.truncate(47);
+    let mut short = request(Kind::Echo, 10, 68);
+    short.truncate(67);
     for bad in [b"GET / HTTP/1.1\r\n\r\n".to_vec(), short, vec![0xFF; 100]] {
         client.send_to(&bad, ("127.0.0.1", last)).unwrap();
     }
     client
-        .send_to(&request(Kind::Echo, 11, 64), ("127.0.0.1", last))
+        .send_to(&request(Kind::Echo, 11, 68), ("127.0.0.1", last))
         .unwrap();
     let reply = recv_reply(&client);
     assert_eq!(reply.sequence, 11);
@@ -297,7 +293,7 @@ fn tcp_probes_are_framed_and_answered_the_same_way() {
     assert_eq!(reply.source, stream.local_addr().unwrap());
     assert_eq!(reply.request_len, 100);
     stream
-        .write_all(&frame(&request(Kind::Stamp, 3, 48)))
+        .write_all(&frame(&request(Kind::Stamp, 3, 68)))
         .unwrap();
     assert_eq!(read_frame(&mut stream).sequence, 3);
     // A frame longer than any message ends the connection.
@@ -318,14 +314,14 @@ fn replies_are_rate_limited_per_source() {
     let flood = udp_client("127.0.0.1");
     for seq in 0..50 {
         flood
-            .send_to(&request(Kind::Echo, seq, 64), ("127.0.0.1", first))
+            .send_to(&request(Kind::Echo, seq, 68), ("127.0.0.1", first))
             .unwrap();
     }
     // Another source is answered at once. The port serves its requests in
     // order, so by then every request of the flood has been handled.
     let other = udp_client("127.0.0.2");
     other
-        .send_to(&request(Kind::Echo, 1000, 64), ("127.0.0.1", first))
+        .send_to(&request(Kind::Echo, 1000, 68), ("127.0.0.1", first))
         .unwrap();
     let reply = recv_reply(&other);
     assert_eq!(reply.source, other.local_addr().unwrap());
@@ -390,7 +386,7 @@ fn check_credentials_relay_to_the_probe_responder_only() {
     assert_eq!(reply.request_len, 120);
     // And with a Send indication to the other port (a Data indication back).
     let second = SocketAddr::from(([127, 0, 0, 1], last));
-    c.send_indication(second, &request(Kind::Stamp, 8, 48));
+    c.send_indication(second, &request(Kind::Stamp, 8, 68));
     let got = c.recv(Duration::from_secs(5)).expect("a Data indication");
     let msg = Message::parse(&got).unwrap();
     assert_eq!(msg.typ(), MessageType::new(Method::DATA, Class::Indication));

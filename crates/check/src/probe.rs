@@ -102,11 +102,7 @@ pub(crate) async fn udp_range(
             let sequence = round * 0x1_0000 + i;
             let now = Instant::now();
             let timestamp = u64::try_from(now.duration_since(started).as_micros()).unwrap_or(0);
-            let r = Request {
-                kind: Kind::Echo,
-                sequence,
-                timestamp,
-            };
+            let r = Request::new(Kind::Echo, sequence, timestamp);
             let len = wire::encode_request(&r, REQUEST_LEN, &mut request)
                 .map_err(|e| Failure::new(Step::Protocol, e.to_string()))?;
             // A send refused at once (ICMP from an earlier one) is as
@@ -175,11 +171,7 @@ pub(crate) async fn relayed_round_trip(
     let mut best: Option<Duration> = None;
     for sequence in 0u32..5 {
         let len = wire::encode_request(
-            &Request {
-                kind: Kind::Echo,
-                sequence,
-                timestamp: 0,
-            },
+            &Request::new(Kind::Echo, sequence, 0),
             REQUEST_LEN,
             &mut request,
         )
@@ -255,7 +247,7 @@ mod tests {
                 let mut buf = [0u8; 1500];
                 let mut out = [0u8; 1500];
                 while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                    if let Ok(n) = wire::answer(&buf[..len], from, 1, None, &mut out) {
+                    if let Ok(Some(n)) = wire::answer(&buf[..len], from, 1, &mut out) {
                         let _ = socket.send_to(&out[..n], from).await;
                     }
                 }

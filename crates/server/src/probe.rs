@@ -187,7 +187,7 @@ async fn serve_udp(
         let Some(request) = buf.get(..len) else {
             continue;
         };
-        let Ok(reply) = wire::answer(request, from, received, None, &mut out) else {
+        let Ok(Some(reply)) = wire::answer(request, from, received, &mut out) else {
             Counters::add(&counters.malformed);
             continue;
         };
@@ -261,7 +261,7 @@ async fn serve_tcp(
             .map_err(|_| idle())??;
         let received = now_ns();
         let (header, body) = out.split_at_mut(wire::FRAME_HEADER_LEN);
-        let Ok(reply) = wire::answer(request, from, received, None, body) else {
+        let Ok(Some(reply)) = wire::answer(request, from, received, body) else {
             Counters::add(&counters.malformed);
             continue;
         };
