@@ -282,6 +282,25 @@ struct CheckArgs {
     /// Also write the report as one self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// Skip the measurements of the path to the server's probe responder
+    /// (RTT, jitter, loss, bandwidth, DSCP, NAT, path MTU).
+    #[arg(long)]
+    no_measure: bool,
+    /// Seconds the audio-like and video-like streams run.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    stream_seconds: f64,
+    /// The video-like stream's rate in kbit/s (1200-byte packets); by
+    /// default the profile's largest bandwidth threshold, else 1000.
+    #[arg(long, value_name = "KBPS")]
+    video_kbps: Option<u32>,
+    /// The bandwidth ramp's cap, each way, in kbit/s.
+    #[arg(long, value_name = "KBPS", default_value_t = 10_000)]
+    max_kbps: u32,
+    /// Also search for the UDP idle timeout of the NAT or firewall, up to
+    /// MAX_S seconds of silence (5-600, default 180); the check may then
+    /// take MAX_S + 15 s longer.
+    #[arg(long, value_name = "MAX_S", num_args = 0..=1, default_missing_value = "180")]
+    udp_timeout: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -320,6 +339,28 @@ fn check(args: &CheckArgs) -> ExitCode {
         Ok(d) if (1.0..=600.0).contains(&args.timeout) => d,
         _ => return usage("--timeout must be between 1 and 600 seconds"),
     };
+    if !(0.5..=60.0).contains(&args.stream_seconds) {
+        return usage("--stream-seconds must be between 0.5 and 60");
+    }
+    if args.video_kbps == Some(0) || args.max_kbps == 0 {
+        return usage("--video-kbps and --max-kbps must be above 0");
+    }
+    let udp_timeout = match args.udp_timeout {
+        None => None,
+        Some(s) if (5.0..=600.0).contains(&s) => Some(std::time::Duration::from_secs_f64(s)),
+        Some(_) => return usage("--udp-timeout must be between 5 and 600 seconds"),
+    };
+    // The idle-timeout search takes up to its longest silence, and more.
+    let budget = budget
+        + udp_timeout.map_or(std::time::Duration::ZERO, |max| {
+            max + std::time::Duration::from_secs(15)
+        });
+    let measure = (!args.no_measure).then_some(turnpike_check::MeasureOptions {
+        stream_seconds: args.stream_seconds,
+        video_kbps: args.video_kbps,
+        max_kbps: args.max_kbps,
+        udp_timeout,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -341,6 +382,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                 budget,
                 proxy: proxy.clone(),
                 probe: None,
+                measure: measure.clone(),
             },
             Err(e) => return usage(&e.to_string()),
         },
@@ -370,6 +412,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                             udp_endpoint: p.udp_endpoint,
                             relay_to_it: check_credentials,
                         }),
+                        measure,
                     }
                 }
                 Err(e) => {
@@ -396,6 +439,7 @@ fn check(args: &CheckArgs) -> ExitCode {
                         started: String::new(),
                         duration_ms: c.duration_ms,
                         checks: vec![c],
+                        measurements: None,
                     };
                     return write_report(args, &report);
                 }

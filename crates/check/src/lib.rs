@@ -6,6 +6,10 @@
 
 mod client;
 pub mod fetch;
+pub mod idle;
+mod measure;
+pub mod mtu;
+pub mod nat;
 mod net;
 mod probe;
 mod remedy;
@@ -14,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 mod tls;
+mod udp;
 
 pub use net::Proxy;
-pub use run::{Plan, ProbeTarget, Progress, run};
+pub use run::{MeasureOptions, Plan, ProbeTarget, Progress, run};

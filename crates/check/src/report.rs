@@ -105,6 +105,10 @@ pub struct Report {
     pub started: String,
     pub duration_ms: f64,
     pub checks: Vec<Check>,
+    /// The path measured to the server's probe responder, when there was
+    /// one to measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<Measurements>,
 }
 
 impl Report {
@@ -124,4 +128,136 @@ impl Report {
     pub fn count(&self, status: Status) -> usize {
         self.checks.iter().filter(|c| c.status == status).count()
     }
+}
+
+/// A figure per direction: up (client to responder) and down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ways<T> {
+    pub up: T,
+    pub down: T,
+}
+
+/// Round-trip times, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rtt {
+    pub median: Option<f64>,
+    pub p95: Option<f64>,
+    pub samples: u64,
+}
+
+/// Interarrival jitter (RFC 3550 §6.4.1) each way, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Jitter {
+    pub up: Option<f64>,
+    pub down: Option<f64>,
+    pub samples_up: u64,
+    pub samples_down: u64,
+}
+
+/// Packet loss each way, in percent, and the counts it comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    /// `None` when the responder keeps no count to tell the ways apart.
+    pub up: Option<f64>,
+    pub down: Option<f64>,
+    pub sent_up: u64,
+    pub received_up: Option<u64>,
+    pub sent_down: Option<u64>,
+    pub received_down: u64,
+}
+
+/// The figures of one media-like stream (or of them all, pooled).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamFigures {
+    pub rtt_ms: Rtt,
+    pub jitter_ms: Jitter,
+    pub loss_pct: Loss,
+    pub reordered: Ways<u64>,
+    pub duplicates: Ways<u64>,
+}
+
+/// One media-like stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    /// "audio" or "video".
+    pub name: String,
+    /// Its rate, packets per second, and each packet's UDP payload.
+    pub packets_per_second: f64,
+    pub packet_bytes: u16,
+    #[serde(flatten)]
+    pub figures: StreamFigures,
+}
+
+/// One step of a bandwidth ramp.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RampStep {
+    /// The rate sent (IP packets, headers included), kbit/s.
+    pub offered_kbps: f64,
+    /// The rate that arrived, by the receiver's dispersion, kbit/s.
+    pub delivered_kbps: Option<f64>,
+    pub loss_pct: Option<f64>,
+    /// How much the one-way delay grew over its minimum, ms.
+    pub delay_growth_ms: Option<f64>,
+    /// Loss or delay grew: the path's bottleneck is below this rate.
+    pub congested: bool,
+}
+
+/// A bandwidth ramp, one way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// No step congested up to the cap: the rate is at least the cap.
+    pub at_cap: bool,
+    pub steps: Vec<RampStep>,
+}
+
+/// The DSCP seen for each mark sent, per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DscpSeen {
+    pub ef: Option<u8>,
+    pub af41: Option<u8>,
+}
+
+/// What the UDP idle-timeout search found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdleTimeout {
+    pub longest_kept_s: Option<f64>,
+    pub shortest_lost_s: Option<f64>,
+    pub max_s: f64,
+    /// The mapping outlived the longest silence tried.
+    pub at_least: bool,
+}
+
+/// What was measured of the path to the server's probe responder.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measurements {
+    /// "udp-direct", "turn-udp", "turn-tcp" or "turn-tls".
+    pub path: String,
+    /// The responder's address measured against.
+    pub target: String,
+    /// Audio and video pooled.
+    #[serde(flatten)]
+    pub pooled: StreamFigures,
+    pub streams: Vec<Stream>,
+    pub up_kbps: Option<f64>,
+    pub down_kbps: Option<f64>,
+    pub bandwidth: Ways<Option<Ramp>>,
+    pub udp_idle_timeout_s: Option<f64>,
+    pub udp_idle_timeout: Option<IdleTimeout>,
+    pub dscp_preserved: Ways<Option<bool>>,
+    pub dscp: Ways<DscpSeen>,
+    /// RFC 5780 mapping: "none" (no NAT), "endpoint-independent",
+    /// "address-dependent", "address-and-port-dependent"; `None`: not
+    /// found.
+    pub nat_mapping: Option<String>,
+    pub nat_filtering: Option<String>,
+    pub hairpinning: Option<bool>,
+    /// The public address the responder saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_address: Option<String>,
+    /// The largest IP packet that reached the responder with DF set.
+    pub path_mtu: Option<u16>,
+    pub mos: Option<f64>,
+    /// What could not be measured, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }

@@ -15,7 +15,7 @@ use crate::client::{Client, Link};
 use crate::net::{self, Failure, Proxy, Route, Step};
 use crate::report::{Check, Report, Status};
 use crate::tls::Seen;
-use crate::{probe, remedy};
+use crate::{idle, measure, mtu, nat, probe, remedy};
 
 /// What to check, and how.
 #[derive(Debug, Clone)]
@@ -35,7 +35,12 @@ pub struct Plan {
     /// The server's probe responder, when the profile came from a
     /// turnpike server that runs one.
     pub probe: Option<ProbeTarget>,
+    /// The measurements of the path to the probe responder, when it is
+    /// there; `None`: skip them (`--no-measure`).
+    pub measure: Option<MeasureOptions>,
 }
+
+pub use crate::measure::Options as MeasureOptions;
 
 /// A turnpike server's probe responder (`[probe]`), as its profile names
 /// it.
@@ -162,7 +167,15 @@ pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) 
         })
     };
     let assessment = plan.profile.assess(works);
+    let measured = match &plan.measure {
+        Some(opts) => measure_path(&plan, opts, &resolved, &endpoint_checks, deadline).await,
+        None => None,
+    };
     checks.extend(endpoint_checks);
+    let measurements = measured.map(|(m, quality)| {
+        checks.extend(quality);
+        m
+    });
     let summary = remedy::summary(&plan.profile, &assessment);
     Report {
         verdict: assessment.verdict,
@@ -172,7 +185,161 @@ pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) 
         started: rfc3339(started_at),
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         checks,
+        measurements,
     }
+}
+
+/// The probe responder's first UDP port on its first address.
+fn responder(
+    plan: &Plan,
+    resolved: &HashMap<String, Result<Vec<std::net::IpAddr>, String>>,
+) -> Option<(SocketAddr, String)> {
+    let target = plan.probe.as_ref()?;
+    let e = plan
+        .profile
+        .endpoints
+        .iter()
+        .find(|e| e.id == target.udp_endpoint)?;
+    let ip = *resolved.get(&e.host)?.as_ref().ok()?.first()?;
+    Some((SocketAddr::new(ip, e.port_range()?.lo()), check_id(e)))
+}
+
+/// The best path to the probe responder: direct UDP when its range
+/// answered, else through the first TURN transport that relayed (UDP,
+/// then TCP, then TLS). Its measurements and `quality:` checks.
+async fn measure_path(
+    plan: &Plan,
+    opts: &MeasureOptions,
+    resolved: &HashMap<String, Result<Vec<std::net::IpAddr>, String>>,
+    checks: &[Check],
+    deadline: Instant,
+) -> Option<(crate::report::Measurements, Vec<Check>)> {
+    let (target, range_check) = responder(plan, resolved)?;
+    let works = |id: &str| {
+        checks
+            .iter()
+            .any(|c| c.id == id && matches!(c.status, Status::Pass | Status::Warn))
+    };
+    let mut prober = None;
+    if works(&range_check) {
+        prober = measure::Prober::direct(target).await.ok();
+    }
+    if prober.is_none() && plan.credentials.is_some() {
+        for (kind, path) in [
+            (Kind::TurnUdp, measure::PathKind::TurnUdp),
+            (Kind::TurnTcp, measure::PathKind::TurnTcp),
+            (Kind::TurnTls, measure::PathKind::TurnTls),
+        ] {
+            for e in plan.profile.endpoints.iter().filter(|e| e.kind == kind) {
+                if prober.is_some() || !works(&check_id(e)) {
+                    continue;
+                }
+                let Some(Ok(ips)) = resolved.get(&e.host) else {
+                    continue;
+                };
+                let port = e.port.unwrap_or(0);
+                let addrs: Vec<SocketAddr> =
+                    ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+                let within = (Instant::now() + Duration::from_secs(5)).min(deadline);
+                prober = turn_prober(plan, e, &addrs, path, target, within)
+                    .await
+                    .ok();
+            }
+        }
+    }
+    let prober = prober?;
+    let mut m = crate::report::Measurements {
+        path: prober.kind.as_str().to_owned(),
+        target: target.to_string(),
+        ..crate::report::Measurements::default()
+    };
+    let mut extra = measure::Extra::default();
+    let hello = (Instant::now() + Duration::from_secs(3)).min(deadline);
+    if let Err(f) = prober.hello(hello).await {
+        m.notes.push(f.detail);
+        return Some((m, Vec::new()));
+    }
+    let video_kbps = opts
+        .video_kbps
+        .or_else(|| {
+            let t = &plan.profile.thresholds;
+            let up = t.up_kbps.as_ref().map(|l| l.min);
+            let down = t.down_kbps.as_ref().map(|l| l.min);
+            let most = up.into_iter().chain(down).reduce(f64::max)?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(most.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+        })
+        .unwrap_or(1000)
+        .min(opts.max_kbps.max(1));
+    let direct = prober.kind == measure::PathKind::UdpDirect;
+    let side = (Instant::now() + Duration::from_secs(6)).min(deadline);
+    let nat = async {
+        if direct {
+            Some(nat::classify(target, side).await)
+        } else {
+            None
+        }
+    };
+    let cookie = prober.cookie();
+    let mtu = async {
+        if direct {
+            Some(mtu::path_mtu(target, cookie, side).await)
+        } else {
+            None
+        }
+    };
+    let idle = async {
+        match opts.udp_timeout {
+            Some(max) if direct => Some(idle::udp_idle_timeout(target, max, deadline).await),
+            _ => None,
+        }
+    };
+    let (measured, nat, mtu, idle) = tokio::join!(
+        measure::run(&prober, opts, video_kbps, deadline),
+        nat,
+        mtu,
+        idle
+    );
+    m = crate::report::Measurements {
+        notes: [m.notes, measured.notes.clone()].concat(),
+        ..measured
+    };
+    match nat {
+        Some(Ok(r)) => extra.nat = Some(r),
+        Some(Err(f)) => m.notes.push(format!("NAT behaviour: {}", f.detail)),
+        None => {}
+    }
+    match mtu {
+        Some(Ok(r)) => extra.mtu = Some(r),
+        Some(Err(f)) => m.notes.push(format!("path MTU: {}", f.detail)),
+        None => {}
+    }
+    match idle {
+        Some(Ok(r)) => extra.idle = Some(r),
+        Some(Err(f)) => m.notes.push(format!("UDP idle timeout: {}", f.detail)),
+        None if opts.udp_timeout.is_some() => m
+            .notes
+            .push("UDP idle timeout: searched on direct UDP only".to_owned()),
+        None => {}
+    }
+    measure::merge(&mut m, &extra);
+    let quality = measure::quality_checks(&m, &plan.profile.thresholds, &extra, opts);
+    Some((m, quality))
+}
+
+/// A TURN allocation on `e` (at `addrs`) that relays to `target`.
+async fn turn_prober(
+    plan: &Plan,
+    e: &Endpoint,
+    addrs: &[SocketAddr],
+    path: measure::PathKind,
+    target: SocketAddr,
+    deadline: Instant,
+) -> Result<measure::Prober, Failure> {
+    let linked = link(plan, e, addrs, deadline).await?;
+    let mut client = Client::new(linked.link, plan.credentials.clone());
+    allocate(&mut client, deadline).await?;
+    measure::Prober::turn(path, client, target, deadline).await
 }
 
 /// Where TURN checks relay to when the credentials may relay only to the

@@ -208,6 +208,7 @@ fn report(verdict: Verdict) -> Report {
         started: "2024-05-01T12:34:56.789Z".into(),
         duration_ms: 12_346.0,
         checks,
+        measurements: None,
     }
 }
 
