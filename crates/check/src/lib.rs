@@ -6,6 +6,8 @@
 
 mod client;
 pub mod fetch;
+#[allow(dead_code, unreachable_pub)] // called by the measurements in run.rs
+mod mtu;
 mod net;
 mod probe;
 mod remedy;
@@ -13,6 +15,8 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod stats;
+#[allow(dead_code)] // used by the measurements
+mod sys;
 mod tls;
 
 pub use net::Proxy;
