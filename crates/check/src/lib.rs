@@ -8,6 +8,8 @@ mod client;
 pub mod fetch;
 #[allow(dead_code, unreachable_pub)] // called by the measurements in run.rs
 mod mtu;
+#[allow(dead_code, unreachable_pub)] // called by the measurements in run.rs
+mod nat;
 mod net;
 mod probe;
 mod remedy;
