@@ -7,6 +7,8 @@
 mod client;
 pub mod fetch;
 #[allow(dead_code, unreachable_pub)] // called by the measurements in run.rs
+mod idle;
+#[allow(dead_code, unreachable_pub)] // called by the measurements in run.rs
 mod mtu;
 #[allow(dead_code, unreachable_pub)] // called by the measurements in run.rs
 mod nat;
