@@ -97,13 +97,15 @@ struct Answer {
     from: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Outcome {
     Success(Answer),
     /// An error response, with its code (0 when it has none).
     Error(u16),
     Silent,
     OutOfTime,
+    /// The request could not be sent (no route to the address, say).
+    Unsendable(String),
 }
 
 fn same(a: SocketAddr, b: SocketAddr) -> bool {
@@ -185,10 +187,9 @@ async fn binding(
         if Instant::now() >= deadline {
             return Ok(Outcome::OutOfTime);
         }
-        socket
-            .send_to(&bytes, to)
-            .await
-            .map_err(|e| Failure::new(Step::Connect, format!("{to}: {e}")))?;
+        if let Err(e) = socket.send_to(&bytes, to).await {
+            return Ok(Outcome::Unsendable(format!("{to}: {e}")));
+        }
         let wait = (Instant::now() + timing.rto).min(deadline);
         // Until the wait is over (or a receive error: then send again).
         while let Ok(Ok((n, from))) =
@@ -256,6 +257,7 @@ async fn classify_with(
             ));
         }
         Outcome::OutOfTime => return Err(Failure::new(Step::Connect, "timed out")),
+        Outcome::Unsendable(why) => return Err(Failure::new(Step::Connect, why)),
     };
     let Some(x1) = answer.mapped else {
         return Err(Failure::new(
@@ -388,6 +390,7 @@ async fn mapped(
         Outcome::Error(code) => Err(format!("{to} answered with error {code}")),
         Outcome::Silent => Err(format!("no answer from {to}")),
         Outcome::OutOfTime => Err("out of time".to_owned()),
+        Outcome::Unsendable(why) => Err(format!("cannot send: {why}")),
     })
 }
 
@@ -452,6 +455,7 @@ fn changed(outcome: Outcome, primary: SocketAddr, change_ip: bool) -> Changed {
         }
         Outcome::Silent => Changed::Silent,
         Outcome::OutOfTime => Changed::Unknown("out of time".to_owned()),
+        Outcome::Unsendable(why) => Changed::Unknown(format!("cannot send: {why}")),
     }
 }
 
@@ -509,6 +513,8 @@ mod tests {
         alternate: bool,
         /// Answers CHANGE-REQUEST from the socket asked to, ignoring it.
         ignores_change: bool,
+        /// The OTHER-ADDRESS given instead of its own alternate.
+        other: Option<SocketAddr>,
     }
 
     const PLAIN: Fake = Fake {
@@ -516,6 +522,7 @@ mod tests {
         filtering: NatBehaviour::None,
         alternate: true,
         ignores_change: false,
+        other: None,
     };
 
     /// A public address no socket listens on (so nothing hairpins).
@@ -543,7 +550,7 @@ mod tests {
             break [a, b, c, d].map(Arc::new);
         };
         let addrs = sockets.clone().map(|s| s.local_addr().unwrap());
-        let other = addrs[3];
+        let other = fake.other.unwrap_or(addrs[3]);
         for (index, socket) in sockets.iter().enumerate() {
             let sockets = sockets.clone();
             let socket = Arc::clone(socket);
@@ -754,6 +761,19 @@ mod tests {
             "{}",
             r.detail
         );
+    }
+
+    #[tokio::test]
+    async fn an_alternate_address_that_cannot_be_sent_to_leaves_the_mapping_unknown() {
+        let r = run(Fake {
+            mapping: AddressDependent,
+            other: Some(SocketAddr::from(([255, 255, 255, 255], 9))),
+            ..PLAIN
+        })
+        .await;
+        assert_eq!(r.mapping, None);
+        assert_eq!(r.filtering, Some(NatBehaviour::EndpointIndependent));
+        assert!(r.detail.contains("cannot send"), "{}", r.detail);
     }
 
     #[tokio::test]
