@@ -14,6 +14,8 @@
 //! interval plus the warm-up and a grace for the reply to travel.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -125,10 +127,12 @@ async fn search(
     let max = max.min(MAX_DELAY);
     let tried = intervals(params.min_interval, max, params.max_sockets);
     let start = Instant::now();
+    let shared = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for interval in tried.iter().copied() {
+        let shared = Arc::clone(&shared);
         tasks.spawn(async move {
-            let outcome = one(target, interval, params, start, deadline).await;
+            let outcome = one(target, interval, params, start, deadline, &shared).await;
             (interval, outcome)
         });
     }
@@ -209,12 +213,18 @@ fn summarize(results: &[(Duration, Outcome)], max: Duration) -> Result<IdleRepor
 }
 
 /// One socket: warm-up from `start`, then `interval` of silence.
+/// `shared`: the first cookie any socket got, for this socket's echo
+/// requests until it has its own (so that they count as validated, out
+/// of reach of the responder's per-source limit on the others). The
+/// `later` request carries the socket's own: a NAT that maps sockets to
+/// different public addresses would make another's invalid.
 async fn one(
     target: SocketAddr,
     interval: Duration,
     params: Params,
     start: Instant,
     deadline: Instant,
+    shared: &AtomicU64,
 ) -> Outcome {
     let local: SocketAddr = if target.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -238,7 +248,11 @@ async fn one(
             return Outcome::OutOfTime;
         }
         let echo = Request {
-            cookie,
+            cookie: if cookie == 0 {
+                shared.load(Ordering::Relaxed)
+            } else {
+                cookie
+            },
             ..Request::new(Kind::Echo, round, 0)
         };
         if send(&socket, &echo, &mut request).await.is_err() {
@@ -251,6 +265,7 @@ async fn one(
                 && r.cookie != 0
             {
                 cookie = r.cookie;
+                shared.store(cookie, Ordering::Relaxed);
             }
         }
         tokio::time::sleep_until(slot_end).await;
@@ -323,14 +338,17 @@ mod tests {
     /// `timeout` of silence (no packet either way): it answers echo
     /// requests with a cookie, and `later` requests with a valid cookie
     /// after their delay unless the mapping expired meanwhile. It loses
-    /// the first copy of every `later` request.
-    async fn responder(timeout: Duration) -> SocketAddr {
+    /// the first copy of every `later` request, and answers only the
+    /// first `unvalidated` echo requests without the cookie (a per-source
+    /// rate limit).
+    async fn responder(timeout: Duration, unvalidated: usize) -> SocketAddr {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = socket.local_addr().unwrap();
         let last_seen: Arc<Mutex<HashMap<SocketAddr, Instant>>> = Arc::default();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             let mut laters = HashSet::new();
+            let mut unvalidated = unvalidated;
             loop {
                 let (n, from) = socket.recv_from(&mut buf).await.unwrap();
                 last_seen.lock().unwrap().insert(from, Instant::now());
@@ -344,6 +362,12 @@ mod tests {
                 let out_len = wire::encode_reply(&reply, &mut out).unwrap();
                 match request.kind {
                     Kind::Echo => {
+                        if request.cookie != COOKIE {
+                            if unvalidated == 0 {
+                                continue;
+                            }
+                            unvalidated -= 1;
+                        }
                         socket.send_to(&out[..out_len], from).await.unwrap();
                     }
                     Kind::Later { delay_ms } => {
@@ -412,7 +436,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_bounds_bracket_the_simulated_timeout() {
-        let target = responder(Duration::from_secs(3)).await;
+        // Fewer unvalidated answers than sockets: the others warm up
+        // with the cookie one got.
+        let target = responder(Duration::from_secs(3), 5).await;
         let start = Instant::now();
         let r = search(
             target,
@@ -428,6 +454,7 @@ mod tests {
         assert!(!r.at_least);
         assert_eq!(r.max_s, 6.0);
         assert!(r.detail.contains("in between"), "{}", r.detail);
+        assert!(!r.detail.contains("no echo reply"), "{}", r.detail);
         // max + warm-up + grace, and a little.
         assert!(
             start.elapsed() < Duration::from_secs(8),
@@ -438,7 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn mappings_outliving_the_max_are_a_lower_bound() {
-        let target = responder(Duration::from_secs(100)).await;
+        let target = responder(Duration::from_secs(100), usize::MAX).await;
         let r = search(
             target,
             Duration::from_secs(2),
@@ -457,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_deadline_leaves_the_longest_silences_unknown() {
-        let target = responder(Duration::from_secs(100)).await;
+        let target = responder(Duration::from_secs(100), usize::MAX).await;
         let r = search(
             target,
             Duration::from_secs(6),
