@@ -280,11 +280,14 @@ async fn classify_with(
             None
         }
         None => {
-            detail.push(
-                "the server has no alternate address (no OTHER-ADDRESS): mapping and filtering \
-                 behaviour cannot be told"
-                    .to_owned(),
-            );
+            detail.push(format!(
+                "the server has no alternate address (no OTHER-ADDRESS): {} cannot be told",
+                if nat {
+                    "mapping and filtering behaviour"
+                } else {
+                    "filtering behaviour"
+                }
+            ));
             None
         }
     };
@@ -744,6 +747,11 @@ mod tests {
         assert_eq!(r.mapping, Some(NatBehaviour::None));
         assert_eq!(r.filtering, None);
         assert_eq!(r.hairpinning, Some(true));
+        assert!(
+            r.detail.contains("filtering behaviour cannot be told"),
+            "{}",
+            r.detail
+        );
     }
 
     #[tokio::test]
