@@ -278,6 +278,7 @@ async fn search(
             "the largest UDP payload that reached the responder with DF set was {g} bytes: \
              a path MTU of {mtu}"
         ),
+        _ if out_of_time => "no probe was answered before the deadline".to_owned(),
         _ => format!(
             "no probe reached the responder with DF set, not even {} bytes of payload",
             family.low
@@ -299,7 +300,7 @@ async fn search(
              fragmented or lost"
         ));
     }
-    if out_of_time {
+    if out_of_time && good.is_some() {
         detail.push_str("; the search ran out of time");
     }
     Ok(MtuReport {
@@ -403,7 +404,22 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(r.path_mtu, None);
-        assert!(r.detail.contains("out of time"), "{}", r.detail);
+        assert!(r.detail.contains("before the deadline"), "{}", r.detail);
+        // Cut short after an answer: what was found stands.
+        let target = responder("127.0.0.1:0", 1000).await;
+        let r = search(
+            target,
+            None,
+            Instant::now() + Duration::from_millis(500),
+            QUICK,
+        )
+        .await
+        .unwrap();
+        assert!(
+            r.largest_payload.is_some_and(|g| (548..=1000).contains(&g)),
+            "{r:?}"
+        );
+        assert!(r.detail.contains("ran out of time"), "{}", r.detail);
     }
 
     #[tokio::test]
