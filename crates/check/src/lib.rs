@@ -17,6 +17,7 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod stats;
+mod sys;
 mod tls;
 mod udp;
 
