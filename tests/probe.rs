@@ -197,7 +197,7 @@ fn udp_probes_are_answered_with_the_source_seen_and_malformed_ones_are_not() {
         assert_eq!(reply.timestamp, 0x1122_3344_5566_7788);
         assert_eq!(reply.source, client.local_addr().unwrap());
         assert_eq!(reply.request_len, 200);
-        assert_eq!(reply.dscp, None);
+        assert_eq!(reply.dscp, Some(0), "the DSCP of the request, read on receive");
         let after = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
