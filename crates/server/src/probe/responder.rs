@@ -356,10 +356,10 @@ async fn stun_udp(
     } else {
         shared.socket_at(origin)
     };
-    if let (Some(sender), Some(reply)) = (sender, out.get(..len))
-        && send(sender, reply, from, None).await
-    {
+    if let (Some(sender), Some(reply)) = (sender, out.get(..len)) {
+        // Counted first: whoever sees the answer sees it counted.
         shared.counters.add(Outcome::Stun);
+        send(sender, reply, from, None).await;
     }
 }
 
@@ -452,10 +452,10 @@ async fn probe_udp(
                 shared.counters.add(Outcome::Malformed);
                 return;
             };
-            if let Some(bytes) = out.get(..n)
-                && send(socket, bytes, from, reply_tos).await
-            {
+            if let Some(bytes) = out.get(..n) {
+                // Counted first: whoever sees the answer sees it counted.
                 shared.counters.add(Outcome::Answered);
+                send(socket, bytes, from, reply_tos).await;
             }
         }
         wire::Kind::Later { delay_ms } => {
@@ -681,7 +681,7 @@ async fn serve_tcp(
         let frame = out
             .get(..wire::FRAME_HEADER_LEN + reply)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-        stream.write_all(frame).await?;
         shared.counters.add(Outcome::Answered);
+        stream.write_all(frame).await?;
     }
 }
