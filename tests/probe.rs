@@ -1170,3 +1170,70 @@ fn bad_alternate_addresses_stop_the_server_with_file_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn validated_sources_have_a_byte_budget_and_trains_are_capped() {
+    // 80 kbit/s: 10 000 bytes a second, in a burst of as many.
+    let (server, _config, port, _) = v2_server(1, "max_kbps_per_source = 80\n");
+    let client = udp_client("127.0.0.1");
+    let cookie = cookie_for(&client, port);
+    // 1000-byte echoes: ten fit the burst (the unvalidated stamp that got
+    // the cookie is not charged), so of twenty sent at once, about ten
+    // are answered.
+    for seq in 0..20 {
+        send_request(&client, &v2_request(Kind::Echo, seq, 0, cookie), 1000, port);
+    }
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "answered") + outcome(m, "over_budget") == 21
+    });
+    let answered = outcome(&metrics, "answered") - 1;
+    assert!((9..=11).contains(&answered), "{answered} of 20 answered");
+    assert_eq!(outcome(&metrics, "over_budget"), 20 - answered);
+    assert_eq!(
+        outcome(&metrics, "rate_limited"),
+        0,
+        "not the unvalidated limit"
+    );
+    stop_cleanly(server);
+
+    // Eight trains at once; a ninth waits its turn; a new train from the
+    // same source replaces that source's running one.
+    let (server, _config, port, _) = v2_server(1, "");
+    let slow = turnpike_probe::Train {
+        packets: 50,
+        interval_us: 1_000_000,
+        len: 68,
+    };
+    let clients: Vec<UdpSocket> = (0..9).map(|_| udp_client("127.0.0.1")).collect();
+    let cookie = cookie_for(&clients[0], port);
+    for (i, c) in clients.iter().enumerate() {
+        let seq = u32::try_from(i).unwrap();
+        send_request(c, &v2_request(Kind::Train(slow), seq, 0, cookie), 68, port);
+        if i < 8 {
+            // The first packet of each comes at once.
+            let mut first = false;
+            while !first {
+                first = recv_reply(c).kind == ReplyKind::Train;
+            }
+        }
+    }
+    send_request(
+        &clients[0],
+        &v2_request(Kind::Train(slow), 100, 0, cookie),
+        68,
+        port,
+    );
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "train") + outcome(m, "too_many_trains") == 10
+    });
+    assert_eq!(outcome(&metrics, "train"), 9, "eight, and one replaced");
+    assert_eq!(outcome(&metrics, "too_many_trains"), 1);
+    // The replacement starts afresh: its packet 0 comes.
+    loop {
+        let r = recv_reply(&clients[0]);
+        if r.kind == ReplyKind::Train && r.sequence == 0 {
+            break;
+        }
+    }
+    stop_cleanly(server);
+}
