@@ -197,7 +197,11 @@ fn udp_probes_are_answered_with_the_source_seen_and_malformed_ones_are_not() {
         assert_eq!(reply.timestamp, 0x1122_3344_5566_7788);
         assert_eq!(reply.source, client.local_addr().unwrap());
         assert_eq!(reply.request_len, 200);
-        assert_eq!(reply.dscp, None);
+        assert_eq!(
+            reply.dscp,
+            Some(0),
+            "the DSCP of the request, read on receive"
+        );
         let after = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -517,5 +521,719 @@ fn check_credentials_are_counted_per_source_on_a_port_shared_with_turn() {
         "another client has its own share"
     );
     assert_eq!(status([127, 0, 0, 2]), 429);
+    stop_cleanly(server);
+}
+
+// ---- The v2 responder: cookies, sessions, later, trains, DSCP, STUN ----
+
+/// A probe server on `ports` free ports of 127.0.0.1, with `extra` keys
+/// in `[probe]`; returns the first and last port too.
+fn v2_server(ports: u16, extra: &str) -> (ServerProcess, ConfigFile, u16, u16) {
+    let (first, last) = free_udp_range(ports);
+    let (server, config) = server_with_probe(
+        &format!("enabled = true\naddress = \"127.0.0.1\"\nports = \"{first}-{last}\"\n{extra}"),
+        &[],
+    );
+    (server, config, first, last)
+}
+
+/// A request of `kind` with a session, a cookie and flags.
+fn v2_request(kind: Kind, sequence: u32, session: u64, cookie: u64) -> Request {
+    Request {
+        session,
+        cookie,
+        ..Request::new(kind, sequence, 0x1122_3344_5566_7788)
+    }
+}
+
+fn send_request(socket: &UdpSocket, r: &Request, len: usize, port: u16) {
+    let mut buf = vec![0u8; len];
+    turnpike_probe::encode_request(r, len, &mut buf).unwrap();
+    socket.send_to(&buf, ("127.0.0.1", port)).unwrap();
+}
+
+/// Sends `r` and reads the reply to it (skipping any other datagram).
+fn exchange_request(socket: &UdpSocket, r: &Request, port: u16) -> turnpike_probe::Reply {
+    send_request(socket, r, 100, port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no reply to {r:?}");
+        let reply = recv_reply(socket);
+        if reply.sequence == r.sequence && reply.kind != ReplyKind::Train {
+            return reply;
+        }
+    }
+}
+
+/// The cookie the responder gives this socket's address.
+fn cookie_for(socket: &UdpSocket, port: u16) -> u64 {
+    let reply = exchange_request(socket, &v2_request(Kind::Stamp, 0xC00C, 0, 0), port);
+    assert_ne!(reply.cookie, 0, "every reply carries a cookie");
+    reply.cookie
+}
+
+fn outcome(metrics: &str, name: &str) -> u64 {
+    metric(
+        metrics,
+        &format!("turnpike_probe_requests_total{{outcome=\"{name}\"}}"),
+    )
+}
+
+/// Waits until the minute (the cookie epoch) has at least 10 s left, so
+/// that a test comparing cookies does not straddle two epochs.
+fn away_from_a_minute_boundary() {
+    while unix_now() % 60 >= 50 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_valid_cookie_gets_session_counts_and_an_invalid_one_gets_none() {
+    let (server, _config, port, _) = v2_server(1, "");
+    away_from_a_minute_boundary();
+    let client = udp_client("127.0.0.1");
+    let cookie = cookie_for(&client, port);
+    // The same cookie again: it is per source IP and minute.
+    assert_eq!(cookie_for(&client, port), cookie);
+    // Another source IP gets another cookie.
+    let other = udp_client("127.0.0.2");
+    let other_cookie = cookie_for(&other, port);
+    assert_ne!(other_cookie, cookie);
+
+    // Unvalidated: no count, even with a session.
+    let r = exchange_request(&client, &v2_request(Kind::Echo, 1, 7, 0), port);
+    assert_eq!((r.session, r.counted), (7, 0));
+    // Validated: counted per session, this one included.
+    for (seq, want) in [(2, 1), (3, 2), (4, 3)] {
+        let r = exchange_request(&client, &v2_request(Kind::Echo, seq, 7, cookie), port);
+        assert_eq!((r.kind, r.counted, r.session), (ReplyKind::Echo, want, 7));
+        assert_eq!(r.cookie, cookie);
+    }
+    // A tally is not counted: the count so far, twice.
+    for seq in [5, 6] {
+        let tally = Request {
+            tally: true,
+            ..v2_request(Kind::Stamp, seq, 7, cookie)
+        };
+        assert_eq!(exchange_request(&client, &tally, port).counted, 3);
+    }
+    // Another session, another count; session 0 is never counted.
+    assert_eq!(
+        exchange_request(&client, &v2_request(Kind::Stamp, 7, 8, cookie), port).counted,
+        1
+    );
+    assert_eq!(
+        exchange_request(&client, &v2_request(Kind::Stamp, 8, 0, cookie), port).counted,
+        0
+    );
+    // Counted per transport address: another port of the same IP starts
+    // afresh with the same cookie.
+    let second = udp_client("127.0.0.1");
+    assert_eq!(
+        exchange_request(&second, &v2_request(Kind::Echo, 9, 7, cookie), port).counted,
+        1
+    );
+    // Another IP's cookie, or a forged one, is not valid: not counted.
+    for bad in [other_cookie, cookie ^ 1, cookie.wrapping_add(1)] {
+        let r = exchange_request(&client, &v2_request(Kind::Echo, 10, 7, bad), port);
+        assert_eq!(r.counted, 0, "cookie {bad:x}");
+        assert_eq!(r.cookie, cookie, "the right cookie comes back");
+    }
+    let tally = Request {
+        tally: true,
+        ..v2_request(Kind::Stamp, 11, 7, cookie)
+    };
+    assert_eq!(
+        exchange_request(&client, &tally, port).counted,
+        3,
+        "the invalid ones were not counted"
+    );
+
+    // Without a valid cookie: no later reply, no train. A valid later
+    // reply sent after them is what comes, and nothing before it.
+    let bad = cookie ^ 0xFF00;
+    send_request(
+        &client,
+        &v2_request(Kind::Later { delay_ms: 50 }, 20, 7, bad),
+        100,
+        port,
+    );
+    let train = Kind::Train(turnpike_probe::Train {
+        packets: 5,
+        interval_us: 1000,
+        len: 100,
+    });
+    send_request(&client, &v2_request(train, 21, 7, bad), 100, port);
+    send_request(&client, &v2_request(train, 22, 7, 0), 100, port);
+    send_request(
+        &client,
+        &v2_request(Kind::Later { delay_ms: 300 }, 23, 7, cookie),
+        100,
+        port,
+    );
+    let r = recv_reply(&client);
+    assert_eq!((r.kind, r.sequence), (ReplyKind::Later, 23));
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "unvalidated") == 3
+    });
+    assert_eq!(outcome(&metrics, "unvalidated"), 3);
+    assert_eq!(outcome(&metrics, "later"), 1);
+    assert_eq!(outcome(&metrics, "train"), 0);
+    client.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(client.recv_from(&mut buf).is_err(), "nothing else came");
+    stop_cleanly(server);
+}
+
+#[test]
+fn a_later_reply_comes_after_its_delay_from_the_same_port() {
+    let (server, _config, first, last) = v2_server(2, "");
+    let client = udp_client("127.0.0.1");
+    let cookie = cookie_for(&client, last);
+    let sent_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let sent = Instant::now();
+    send_request(
+        &client,
+        &v2_request(Kind::Later { delay_ms: 300 }, 5, 9, cookie),
+        100,
+        last,
+    );
+    let mut buf = [0u8; 2048];
+    let (n, from) = client.recv_from(&mut buf).unwrap();
+    let waited = sent.elapsed();
+    let reply = turnpike_probe::parse_reply(&buf[..n]).unwrap();
+    assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], last)), "same port");
+    assert_eq!((reply.kind, reply.sequence), (ReplyKind::Later, 5));
+    assert_eq!(
+        n,
+        turnpike_probe::REPLY_HEADER_V4_LEN,
+        "a stamp-sized reply"
+    );
+    assert_eq!((reply.counted, reply.session), (1, 9));
+    assert!(
+        waited >= Duration::from_millis(300),
+        "not before the delay: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(2300),
+        "soon after the delay: {waited:?}"
+    );
+    // received_ns is when the request arrived, not when the reply left.
+    let received = u128::from(reply.received_ns);
+    assert!(
+        received + 50_000_000 >= sent_ns && received < sent_ns + 200_000_000,
+        "received {received}, sent {sent_ns}"
+    );
+    // Over ten minutes: malformed, dropped.
+    send_request(
+        &client,
+        &v2_request(Kind::Later { delay_ms: 600_001 }, 6, 9, cookie),
+        100,
+        first,
+    );
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "malformed") == 1
+    });
+    assert_eq!(outcome(&metrics, "malformed"), 1);
+    assert_eq!(
+        metric(
+            &metrics,
+            "turnpike_probe_later_replies_total{outcome=\"sent\"}"
+        ),
+        1
+    );
+    stop_cleanly(server);
+}
+
+#[test]
+fn pending_later_replies_are_capped_per_source() {
+    let (server, _config, port, _) = v2_server(1, "");
+    let client = udp_client("127.0.0.1");
+    let cookie = cookie_for(&client, port);
+    for seq in 0..70 {
+        send_request(
+            &client,
+            &v2_request(Kind::Later { delay_ms: 1500 }, seq, 0, cookie),
+            68,
+            port,
+        );
+    }
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "later") + outcome(m, "too_many_laters") == 70
+    });
+    assert_eq!(outcome(&metrics, "later"), 64, "64 pending per source");
+    assert_eq!(outcome(&metrics, "too_many_laters"), 6);
+    // Another source still has its own places.
+    let other = udp_client("127.0.0.2");
+    let other_cookie = cookie_for(&other, port);
+    send_request(
+        &other,
+        &v2_request(Kind::Later { delay_ms: 300 }, 1, 0, other_cookie),
+        68,
+        port,
+    );
+    assert_eq!(recv_reply(&other).kind, ReplyKind::Later);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 64 {
+        let r = recv_reply(&client);
+        assert_eq!(r.kind, ReplyKind::Later);
+        got.insert(r.sequence);
+    }
+    assert_eq!(got, (0..64).collect(), "the first 64 were kept");
+    // Sent, the places are free again.
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        metric(m, "turnpike_probe_later_replies_total{outcome=\"sent\"}") == 65
+    });
+    assert_eq!(outcome(&metrics, "later"), 65);
+    send_request(
+        &client,
+        &v2_request(Kind::Later { delay_ms: 1 }, 99, 0, cookie),
+        68,
+        port,
+    );
+    assert_eq!(recv_reply(&client).sequence, 99);
+    stop_cleanly(server);
+}
+
+#[test]
+fn a_train_arrives_at_the_rate_and_length_asked_and_only_with_a_cookie() {
+    let (server, _config, port, _) = v2_server(1, "max_kbps_per_source = 8000\n");
+    let client = udp_client("127.0.0.1");
+    let cookie = cookie_for(&client, port);
+    // 200 packets of 1000 bytes every 2 ms: 4 Mbit/s for 0.4 s.
+    let train = turnpike_probe::Train {
+        packets: 200,
+        interval_us: 2000,
+        len: 1000,
+    };
+    send_request(
+        &client,
+        &v2_request(Kind::Train(train), 3, 0, cookie),
+        68,
+        port,
+    );
+    let mut buf = [0u8; 2048];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first_at = None;
+    let mut last_at = Instant::now();
+    let mut acks = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 200 && Instant::now() < deadline {
+        let (n, from) = client.recv_from(&mut buf).expect("the train");
+        assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], port)));
+        let r = turnpike_probe::parse_reply(&buf[..n]).unwrap();
+        if r.kind == ReplyKind::Stamp {
+            acks += 1;
+            continue;
+        }
+        assert_eq!(r.kind, ReplyKind::Train);
+        assert_eq!(n, 1000, "the length asked");
+        assert_eq!(r.timestamp, 0x1122_3344_5566_7788);
+        seen.insert(r.sequence);
+        last_at = Instant::now();
+        first_at.get_or_insert(last_at);
+    }
+    assert_eq!(seen, (0..200).collect(), "every packet, once each");
+    assert_eq!(acks, 1, "one stamp acknowledges the train");
+    let spread = last_at - first_at.unwrap();
+    // 199 intervals of 2 ms: 398 ms. Loose, for a loaded machine.
+    assert!(
+        spread >= Duration::from_millis(300) && spread <= Duration::from_millis(1500),
+        "paced: {spread:?}"
+    );
+    // Too large (8 MB), too fast (over max_kbps_per_source), too long:
+    // refused.
+    for t in [
+        turnpike_probe::Train {
+            packets: 8001,
+            interval_us: 10_000,
+            len: 1000,
+        },
+        turnpike_probe::Train {
+            packets: 10,
+            interval_us: 100,
+            len: 1000,
+        },
+        turnpike_probe::Train {
+            packets: 100,
+            interval_us: 1_000_000,
+            len: 100,
+        },
+    ] {
+        send_request(&client, &v2_request(Kind::Train(t), 4, 0, cookie), 68, port);
+    }
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "train_too_large") == 3
+    });
+    assert_eq!(outcome(&metrics, "train"), 1);
+    assert_eq!(
+        metric(
+            &metrics,
+            "turnpike_probe_train_packets_total{outcome=\"sent\"}"
+        ),
+        200
+    );
+    stop_cleanly(server);
+}
+
+/// A UDP socket on 127.0.0.1 that marks what it sends with `tos` and
+/// reports the TOS byte of what it receives.
+fn tos_socket(tos: u32) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.set_tos_v4(tos).unwrap();
+    s.set_recv_tos_v4(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Receives a datagram with the TOS byte it carried (from the IP_TOS
+/// control message).
+#[allow(unsafe_code)]
+fn recv_with_tos(s: &socket2::Socket) -> (Vec<u8>, Option<u8>) {
+    use std::mem::MaybeUninit;
+    let mut data = [MaybeUninit::<u8>::uninit(); 2048];
+    let mut control = [MaybeUninit::<u8>::uninit(); 128];
+    let mut bufs = [socket2::MaybeUninitSlice::new(&mut data)];
+    let mut msg = socket2::MsgHdrMut::new()
+        .with_buffers(&mut bufs)
+        .with_control(&mut control);
+    let n = s.recvmsg(&mut msg, 0).expect("a datagram");
+    let control_len = msg.control_len();
+    // SAFETY: the kernel wrote the first `n` data bytes and the first
+    // `control_len` control bytes.
+    let data: Vec<u8> = data[..n]
+        .iter()
+        .map(|b| unsafe { b.assume_init() })
+        .collect();
+    let control: Vec<u8> = control[..control_len]
+        .iter()
+        .map(|b| unsafe { b.assume_init() })
+        .collect();
+    // struct cmsghdr { size_t len; int level; int type; } then the data,
+    // each message aligned to size_t.
+    let word = std::mem::size_of::<usize>();
+    let header = word + 8;
+    let mut at = 0;
+    let mut tos = None;
+    while at + header <= control.len() {
+        let len = usize::from_ne_bytes(control[at..at + word].try_into().unwrap());
+        let level = i32::from_ne_bytes(control[at + word..at + word + 4].try_into().unwrap());
+        let kind = i32::from_ne_bytes(control[at + word + 4..at + header].try_into().unwrap());
+        if level == 0 /* IPPROTO_IP */ && kind == 1 /* IP_TOS */ && len > header {
+            tos = Some(control[at + header]);
+        }
+        if len == 0 {
+            break;
+        }
+        at += len.div_ceil(word) * word;
+    }
+    (data, tos)
+}
+
+#[test]
+fn dscp_is_read_on_the_way_in_and_set_as_asked_on_the_way_out() {
+    let (server, _config, port, _) = v2_server(1, "");
+    let to: socket2::SockAddr = SocketAddr::from(([127, 0, 0, 1], port)).into();
+    let ef = tos_socket(46 << 2);
+    let mut buf = [0u8; 100];
+    let asked = Request {
+        reply_dscp: Some(34),
+        ..v2_request(Kind::Echo, 1, 0, 0)
+    };
+    turnpike_probe::encode_request(&asked, 100, &mut buf).unwrap();
+    ef.send_to(&buf, &to).unwrap();
+    let (reply, tos) = recv_with_tos(&ef);
+    let reply = turnpike_probe::parse_reply(&reply).unwrap();
+    assert_eq!(reply.dscp, Some(46), "EF seen on the way in");
+    assert_eq!(tos, Some(34 << 2), "AF41 on the way out, ECN bits 0");
+    // Unmarked both ways.
+    let plain = tos_socket(0);
+    turnpike_probe::encode_request(&v2_request(Kind::Stamp, 2, 0, 0), 100, &mut buf).unwrap();
+    plain.send_to(&buf, &to).unwrap();
+    let (reply, tos) = recv_with_tos(&plain);
+    let reply = turnpike_probe::parse_reply(&reply).unwrap();
+    assert_eq!((reply.dscp, tos), (Some(0), Some(0)));
+    // A train's packets are marked as asked too.
+    let cookie = reply.cookie;
+    let train = Request {
+        reply_dscp: Some(46),
+        ..v2_request(
+            Kind::Train(turnpike_probe::Train {
+                packets: 3,
+                interval_us: 1000,
+                len: 200,
+            }),
+            3,
+            0,
+            cookie,
+        )
+    };
+    turnpike_probe::encode_request(&train, 100, &mut buf).unwrap();
+    plain.send_to(&buf, &to).unwrap();
+    let mut packets = 0;
+    while packets < 3 {
+        let (bytes, tos) = recv_with_tos(&plain);
+        assert_eq!(tos, Some(46 << 2));
+        if turnpike_probe::parse_reply(&bytes).unwrap().kind == ReplyKind::Train {
+            packets += 1;
+        }
+    }
+    stop_cleanly(server);
+}
+
+fn binding_request(change: Option<(bool, bool)>) -> (TransactionId, Vec<u8>) {
+    let tid = TransactionId(rand::random());
+    let mut buf = [0u8; 100];
+    let typ = MessageType::new(Method::BINDING, Class::Request);
+    let mut w = MessageWriter::new(&mut buf, typ, tid).unwrap();
+    if let Some((change_ip, change_port)) = change {
+        w.add(&Attr::ChangeRequest {
+            change_ip,
+            change_port,
+        })
+        .unwrap();
+    }
+    let n = w.finish();
+    (tid, buf[..n].to_vec())
+}
+
+/// Sends a Binding request to `to`; the response, where it came from,
+/// and its attributes other than FINGERPRINT.
+fn binding(
+    client: &UdpSocket,
+    to: SocketAddr,
+    change: Option<(bool, bool)>,
+) -> (Class, SocketAddr, Vec<Attr<'static>>) {
+    let (tid, req) = binding_request(change);
+    client.send_to(&req, to).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = client.recv_from(&mut buf).expect("a STUN response");
+    let bytes: &'static [u8] = Box::leak(buf[..n].to_vec().into_boxed_slice());
+    let msg = Message::parse(bytes).unwrap();
+    assert_eq!(msg.transaction_id(), tid);
+    let attrs = msg
+        .attributes()
+        .map(|raw| Attr::decode(raw, &tid).unwrap())
+        .filter(|a| !matches!(a, Attr::Fingerprint(_)))
+        .collect();
+    (msg.class(), from, attrs)
+}
+
+#[test]
+fn stun_binding_with_an_alternate_address_honours_change_request() {
+    let (server, _config, p1, p2) = v2_server(3, "alternate_address = \"127.0.0.2\"\n");
+    let p2 = p2 - 1;
+    let client = udp_client("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let a = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+    let (main, alt) = ([127, 0, 0, 1], [127, 0, 0, 2]);
+    for (to, change, want_from, want_other) in [
+        (a(main, p1), None, a(main, p1), a(alt, p2)),
+        (a(main, p1), Some((false, false)), a(main, p1), a(alt, p2)),
+        (a(main, p1), Some((true, false)), a(alt, p1), a(alt, p2)),
+        (a(main, p1), Some((false, true)), a(main, p2), a(alt, p2)),
+        (a(main, p1), Some((true, true)), a(alt, p2), a(alt, p2)),
+        (a(alt, p2), Some((true, false)), a(main, p2), a(main, p1)),
+        (a(alt, p1), None, a(alt, p1), a(main, p2)),
+        (a(main, p2), Some((false, true)), a(main, p1), a(alt, p1)),
+    ] {
+        let (class, from, attrs) = binding(&client, to, change);
+        assert_eq!(class, Class::Success, "{to} {change:?}");
+        assert_eq!(from, want_from, "{to} {change:?}: sent from");
+        assert_eq!(
+            attrs,
+            [
+                Attr::XorMappedAddress(me),
+                Attr::ResponseOrigin(want_from),
+                Attr::OtherAddress(want_other),
+            ],
+            "{to} {change:?}"
+        );
+    }
+    // The third port is not one of RFC 5780's four: no change there.
+    let (class, from, attrs) = binding(&client, a(main, p2 + 1), Some((true, false)));
+    assert_eq!((class, from), (Class::Error, a(main, p2 + 1)));
+    assert!(matches!(
+        attrs[0],
+        Attr::ErrorCode {
+            code: turnpike_stun::ErrorCode(420),
+            ..
+        }
+    ));
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "stun") == 9
+    });
+    assert_eq!(outcome(&metrics, "stun"), 9);
+    stop_cleanly(server);
+}
+
+#[test]
+fn stun_binding_without_an_alternate_address_refuses_change_request_with_420() {
+    let (server, _config, p1, _) = v2_server(2, "");
+    let client = udp_client("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], p1));
+    let (class, from, attrs) = binding(&client, to, None);
+    assert_eq!((class, from), (Class::Success, to));
+    assert_eq!(
+        attrs,
+        [Attr::XorMappedAddress(me), Attr::ResponseOrigin(to)],
+        "no OTHER-ADDRESS without an alternate"
+    );
+    for change in [(true, false), (false, true)] {
+        let (class, from, attrs) = binding(&client, to, Some(change));
+        assert_eq!((class, from), (Class::Error, to));
+        assert!(matches!(
+            attrs[0],
+            Attr::ErrorCode {
+                code: turnpike_stun::ErrorCode(420),
+                ..
+            }
+        ));
+        let Attr::UnknownAttributes(types) = attrs[1] else {
+            panic!("{attrs:?}")
+        };
+        assert_eq!(types.iter().collect::<Vec<_>>(), [AttrType::CHANGE_REQUEST]);
+    }
+    // Probe requests on the same port still work.
+    let reply = exchange_request(&client, &v2_request(Kind::Echo, 1, 0, 0), p1);
+    assert_eq!(reply.source, me);
+    stop_cleanly(server);
+}
+
+#[test]
+fn bad_alternate_addresses_stop_the_server_with_file_line_and_key() {
+    let (first, last) = free_udp_range(2);
+    for (probe, want) in [
+        (
+            "address = \"127.0.0.1\"\nalternate_address = \"127.0.0.1\"\n".to_owned(),
+            "turnpike.toml:5: probe.alternate_address: 127.0.0.1 is the probe address itself",
+        ),
+        (
+            "address = \"127.0.0.1\"\nalternate_address = \"::1\"\n".to_owned(),
+            "turnpike.toml:5: probe.alternate_address: ::1 is not of the family of the probe address 127.0.0.1",
+        ),
+        (
+            "alternate_address = \"0.0.0.0\"\n".to_owned(),
+            "turnpike.toml:4: probe.alternate_address: 0.0.0.0 is a wildcard",
+        ),
+        (
+            "ports = \"{first}-{first}\"\nalternate_address = \"127.0.0.2\"\n".to_owned(),
+            "turnpike.toml:4: probe.alternate_address: needs at least two probe ports",
+        ),
+        (
+            "alternate_address = \"not-an-ip\"\n".to_owned(),
+            "turnpike.toml:4: probe.alternate_address: \"not-an-ip\" is not an IP address",
+        ),
+    ] {
+        let probe = probe.replace("{first}", &first.to_string());
+        let ports = if probe.contains("ports") {
+            String::new()
+        } else {
+            format!("ports = \"{first}-{last}\"\n")
+        };
+        let config = config_file(&format!("[probe]\nenabled = true\n{ports}{probe}"));
+        let out = std::process::Command::new(binary())
+            .args(["serve", "--config", config.path.as_str()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{probe}: {err}");
+        assert!(err.contains(want), "{probe}\n got: {err}\nwant: {want}");
+    }
+    // Checked when the responder binds, when the probe address is the
+    // relay address: the family must match.
+    let config = config_file(&format!(
+        "[probe]\nenabled = true\nports = \"{first}-{last}\"\nalternate_address = \"::1\"\n"
+    ));
+    let mut args = loopback_args();
+    args.extend([
+        "--config",
+        config.path.as_str(),
+        "--listen",
+        "udp://127.0.0.1:0",
+    ]);
+    let out = std::process::Command::new(binary())
+        .arg("serve")
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("alternate_address: ::1 is not of the family of the probe address 127.0.0.1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validated_sources_have_a_byte_budget_and_trains_are_capped() {
+    // 80 kbit/s: 10 000 bytes a second, in a burst of as many.
+    let (server, _config, port, _) = v2_server(1, "max_kbps_per_source = 80\n");
+    let client = udp_client("127.0.0.1");
+    let cookie = cookie_for(&client, port);
+    // 1000-byte echoes: ten fit the burst (the unvalidated stamp that got
+    // the cookie is not charged), so of twenty sent at once, about ten
+    // are answered.
+    for seq in 0..20 {
+        send_request(&client, &v2_request(Kind::Echo, seq, 0, cookie), 1000, port);
+    }
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "answered") + outcome(m, "over_budget") == 21
+    });
+    let answered = outcome(&metrics, "answered") - 1;
+    assert!((9..=11).contains(&answered), "{answered} of 20 answered");
+    assert_eq!(outcome(&metrics, "over_budget"), 20 - answered);
+    assert_eq!(
+        outcome(&metrics, "rate_limited"),
+        0,
+        "not the unvalidated limit"
+    );
+    stop_cleanly(server);
+
+    // Eight trains at once; a ninth waits its turn; a new train from the
+    // same source replaces that source's running one.
+    let (server, _config, port, _) = v2_server(1, "");
+    let slow = turnpike_probe::Train {
+        packets: 50,
+        interval_us: 1_000_000,
+        len: 68,
+    };
+    let clients: Vec<UdpSocket> = (0..9).map(|_| udp_client("127.0.0.1")).collect();
+    let cookie = cookie_for(&clients[0], port);
+    for (i, c) in clients.iter().enumerate() {
+        let seq = u32::try_from(i).unwrap();
+        send_request(c, &v2_request(Kind::Train(slow), seq, 0, cookie), 68, port);
+        if i < 8 {
+            // The first packet of each comes at once.
+            let mut first = false;
+            while !first {
+                first = recv_reply(c).kind == ReplyKind::Train;
+            }
+        }
+    }
+    send_request(
+        &clients[0],
+        &v2_request(Kind::Train(slow), 100, 0, cookie),
+        68,
+        port,
+    );
+    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+        outcome(m, "train") + outcome(m, "too_many_trains") == 10
+    });
+    assert_eq!(outcome(&metrics, "train"), 9, "eight, and one replaced");
+    assert_eq!(outcome(&metrics, "too_many_trains"), 1);
+    // The replacement starts afresh: its packet 0 comes.
+    loop {
+        let r = recv_reply(&clients[0]);
+        if r.kind == ReplyKind::Train && r.sequence == 0 {
+            break;
+        }
+    }
     stop_cleanly(server);
 }

@@ -378,6 +378,8 @@ struct ProbeSection {
     credential_ttl: Option<toml::Spanned<u64>>,
     credentials_per_minute: Option<toml::Spanned<u32>>,
     max_check_allocations: Option<toml::Spanned<usize>>,
+    alternate_address: Option<toml::Spanned<String>>,
+    max_kbps_per_source: Option<toml::Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -564,7 +566,19 @@ pub struct Probe {
     pub credentials_per_minute: u32,
     /// Allocations made with check credentials alive at once.
     pub max_check_allocations: usize,
+    /// A second address of the host for RFC 5780 NAT behaviour discovery:
+    /// the responder binds its first two ports there too, answers STUN
+    /// Binding with OTHER-ADDRESS and honours CHANGE-REQUEST. Same family
+    /// as `address`, not equal to it; needs at least two ports.
+    pub alternate_address: Option<IpAddr>,
+    /// What the responder sends one source (an IP address) that has shown
+    /// it receives at its address (a valid cookie): replies and train
+    /// packets, in kbit/s, in bursts of one second's worth.
+    pub max_kbps_per_source: u32,
 }
+
+/// The highest `[probe] max_kbps_per_source`: 10 Gbit/s.
+pub const MAX_PROBE_KBPS: u32 = 10_000_000;
 
 impl Default for Probe {
     fn default() -> Self {
@@ -581,6 +595,8 @@ impl Default for Probe {
             credential_ttl: 300,
             credentials_per_minute: 10,
             max_check_allocations: 100,
+            alternate_address: None,
+            max_kbps_per_source: 20_000,
         }
     }
 }
@@ -1077,6 +1093,25 @@ fn resolve_probe(
         Some(m) => *m.get_ref(),
         None => defaults.max_check_allocations,
     };
+    let max_kbps_per_source = match &section.max_kbps_per_source {
+        Some(k) if !(1..=MAX_PROBE_KBPS).contains(k.get_ref()) => {
+            return Err(Located::at(
+                k,
+                "probe.max_kbps_per_source",
+                format!("must be between 1 and {MAX_PROBE_KBPS} (kbit/s)"),
+            ));
+        }
+        Some(k) => *k.get_ref(),
+        None => defaults.max_kbps_per_source,
+    };
+    let alternate_address = match &section.alternate_address {
+        Some(a) => Some(
+            parse_ip(a.get_ref())
+                .and_then(|ip| check_alternate_address(ip, address, ports))
+                .map_err(|m| Located::at(a, "probe.alternate_address", m))?,
+        ),
+        None => None,
+    };
     if enabled {
         // The responder must not take, or pose as, a port of the server's
         // own: check credentials may reach every probe port.
@@ -1114,6 +1149,8 @@ fn resolve_probe(
         credential_ttl,
         credentials_per_minute,
         max_check_allocations,
+        alternate_address,
+        max_kbps_per_source,
     })
 }
 
@@ -1231,6 +1268,40 @@ fn check_probe_address(ip: IpAddr) -> Result<IpAddr, String> {
     }
     if ip.is_multicast() {
         return Err(format!("{ip} is a multicast address"));
+    }
+    Ok(ip)
+}
+
+/// `[probe] alternate_address`: an address of its own, of the family of
+/// the probe address (when that is given; else checked when the responder
+/// binds), and a range of at least two ports (RFC 5780 needs two).
+pub(crate) fn check_alternate_address(
+    ip: IpAddr,
+    address: Option<IpAddr>,
+    ports: PortRange,
+) -> Result<IpAddr, String> {
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} is a wildcard; give a second address of this host that clients can reach"
+        ));
+    }
+    let ip = check_probe_address(ip)?;
+    if let Some(address) = address {
+        if address == ip {
+            return Err(format!(
+                "{ip} is the probe address itself; give a second address of this host"
+            ));
+        }
+        if address.is_ipv4() != ip.is_ipv4() {
+            return Err(format!(
+                "{ip} is not of the family of the probe address {address}"
+            ));
+        }
+    }
+    if ports.len() < 2 {
+        return Err(format!(
+            "needs at least two probe ports (RFC 5780 changes the port too); ports = \"{ports}\" has one"
+        ));
     }
     Ok(ip)
 }
@@ -1641,6 +1712,42 @@ deny = []
                 "turnpike.toml:3: probe.tcp_port: ",
             ),
             (
+                "[probe]\nenabled = true\nalternate_address = \"nope\"\n",
+                "turnpike.toml:3: probe.alternate_address: \"nope\" is not an IP address",
+            ),
+            (
+                "[probe]\nenabled = true\nalternate_address = \"0.0.0.0\"\n",
+                "turnpike.toml:3: probe.alternate_address: 0.0.0.0 is a wildcard",
+            ),
+            (
+                "[probe]\nenabled = true\nalternate_address = \"::\"\n",
+                "turnpike.toml:3: probe.alternate_address: :: is a wildcard",
+            ),
+            (
+                "[probe]\nenabled = true\nalternate_address = \"239.1.2.3\"\n",
+                "turnpike.toml:3: probe.alternate_address: 239.1.2.3 is a multicast address",
+            ),
+            (
+                "[probe]\nenabled = true\naddress = \"192.0.2.9\"\nalternate_address = \"192.0.2.9\"\n",
+                "turnpike.toml:4: probe.alternate_address: 192.0.2.9 is the probe address itself",
+            ),
+            (
+                "[probe]\nenabled = true\naddress = \"192.0.2.9\"\nalternate_address = \"2001:db8::9\"\n",
+                "turnpike.toml:4: probe.alternate_address: 2001:db8::9 is not of the family of the probe address 192.0.2.9",
+            ),
+            (
+                "[probe]\nenabled = true\nports = \"40000-40000\"\n\nalternate_address = \"192.0.2.10\"\n",
+                "turnpike.toml:5: probe.alternate_address: needs at least two probe ports",
+            ),
+            (
+                "[probe]\nenabled = true\nmax_kbps_per_source = 0\n",
+                "turnpike.toml:3: probe.max_kbps_per_source: must be between 1 and 10000000",
+            ),
+            (
+                "[probe]\nenabled = true\nmax_kbps_per_source = 10000001\n",
+                "turnpike.toml:3: probe.max_kbps_per_source: must be between 1 and 10000000",
+            ),
+            (
                 "[probe]\nenable = true\n",
                 "turnpike.toml:2: probe.enable: unknown field `enable`",
             ),
@@ -1695,7 +1802,23 @@ deny = []
                 credential_ttl: 60,
                 credentials_per_minute: 3,
                 max_check_allocations: 5,
+                alternate_address: None,
+                max_kbps_per_source: 20_000,
             }
+        );
+        let c = load(
+            "[probe]\nenabled = true\naddress = \"127.0.0.1\"\nalternate_address = \"127.0.0.2\"\nports = \"40000-40001\"\nmax_kbps_per_source = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.probe.alternate_address, c.probe.max_kbps_per_source),
+            (Some("127.0.0.2".parse().unwrap()), 5000)
+        );
+        // Without a probe address, the family is checked when it binds.
+        let c = load("[probe]\nenabled = true\nalternate_address = \"2001:db8::2\"\n").unwrap();
+        assert_eq!(
+            c.probe.alternate_address,
+            Some("2001:db8::2".parse().unwrap())
         );
         // Off, the responder's ports may be anything.
         let c = load("[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:50000\"\n").unwrap();

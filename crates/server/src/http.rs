@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -220,14 +219,14 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static s
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut registry = Registry::default();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     registry.register_collector(Box::new(Collected {
         shards: state.reports.snapshot(),
         draining: state.shared.is_draining(),
-        probe: state
-            .probe
-            .as_ref()
-            .map(|c| [load(&c.answered), load(&c.rate_limited), load(&c.malformed)]),
+        probe: state.probe.as_ref().map(|c| ProbeCounts {
+            requests: c.requests(),
+            later: c.later(),
+            train: c.train(),
+        }),
         check_allocations: state
             .shared
             .check_access()
@@ -370,10 +369,19 @@ fn issuer(store: &CertStore) -> Option<String> {
 struct Collected {
     shards: Vec<ShardReport>,
     draining: bool,
-    /// The probe responder's requests answered, rate-limited, malformed.
-    probe: Option<[u64; 3]>,
+    /// The probe responder's counters: requests by outcome, `later`
+    /// replies and train packets by what became of them.
+    probe: Option<ProbeCounts>,
     /// Allocations made with check credentials, when they are on.
     check_allocations: Option<usize>,
+}
+
+/// The probe responder's counters, read for one scrape.
+#[derive(Debug)]
+struct ProbeCounts {
+    requests: Vec<(&'static str, u64)>,
+    later: Vec<(&'static str, u64)>,
+    train: Vec<(&'static str, u64)>,
 }
 
 impl Collector for Collected {
@@ -521,18 +529,30 @@ impl Collector for Collected {
             "Answers to unauthenticated requests withheld by the rate limit",
             sum(|s| s.stats.rate_limited),
         )?;
-        if let Some([answered, limited, malformed]) = self.probe {
+        if let Some(probe) = &self.probe {
             family(
                 &mut encoder,
                 Kind::Counter,
                 "turnpike_probe_requests",
-                "Requests to the probe responder, by outcome",
+                "Requests to the probe responder, by outcome: answered at once, later or train scheduled, STUN answered, or dropped and why",
                 "outcome",
-                [
-                    ("answered", answered),
-                    ("rate_limited", limited),
-                    ("malformed", malformed),
-                ],
+                probe.requests.iter().copied(),
+            )?;
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "turnpike_probe_later_replies",
+                "Delayed (later) replies of the probe responder, by what became of them when due",
+                "outcome",
+                probe.later.iter().copied(),
+            )?;
+            family(
+                &mut encoder,
+                Kind::Counter,
+                "turnpike_probe_train_packets",
+                "Train packets of the probe responder, by what became of them",
+                "outcome",
+                probe.train.iter().copied(),
             )?;
         }
         if let Some(n) = self.check_allocations {

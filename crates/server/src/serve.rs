@@ -249,7 +249,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
             .or_else(|| relays.iter().map(|r| r.bound).find(IpAddr::is_ipv4))
             .or_else(|| relays.first().map(|r| r.bound))
             .ok_or_else(|| anyhow!("no address for the probe responder: set [probe] address"))?;
-        Some(probe::bind(ip, config.probe.ports, config.probe.tcp_port)?)
+        Some(probe::bind(ip, &config.probe)?)
     } else {
         None
     };
@@ -473,13 +473,8 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     });
     if let (Some(bound), Some(counters)) = (probe_bound, probe_counters) {
         threads_running.push(
-            probe::spawn(
-                bound,
-                config.probe.replies_per_second,
-                counters,
-                watcher.clone(),
-            )
-            .context("cannot start the probe responder")?,
+            probe::spawn(bound, &config.probe, counters, watcher.clone())
+                .context("cannot start the probe responder")?,
         );
     }
     if let Some(listener) = http_listener {

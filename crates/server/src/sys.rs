@@ -440,6 +440,149 @@ fn write_source(hdr: &mut libc::msghdr, control: &mut Control, from: IpAddr) {
     }
 }
 
+/// A datagram [`recv_with_tos`] received.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceivedTos {
+    /// Its length, as received (at most the buffer's).
+    pub(crate) len: usize,
+    pub(crate) from: SocketAddr,
+    /// The TOS byte (IPv4) or traffic class (IPv6) it carried, when the
+    /// socket reports it (`IP_RECVTOS`, `IPV6_RECVTCLASS`).
+    pub(crate) tos: Option<u8>,
+    /// It was longer than the buffer: the rest was cut off.
+    pub(crate) truncated: bool,
+}
+
+/// Receives one datagram without waiting, with the TOS byte or traffic
+/// class it carried. `WouldBlock` when nothing is waiting.
+pub(crate) fn recv_with_tos(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<ReceivedTos> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero bytes are a valid `sockaddr_in6` and `msghdr` (null
+    // pointers, zero lengths).
+    let mut name: libc::sockaddr_in6 = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut hdr: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut control = Control([0; 64]);
+    hdr.msg_name = std::ptr::from_mut(&mut name).cast();
+    hdr.msg_namelen = socklen_of::<libc::sockaddr_in6>();
+    hdr.msg_iov = std::ptr::from_mut(&mut iov);
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.0.as_mut_ptr().cast();
+    hdr.msg_controllen = control.0.len();
+    // SAFETY: `hdr` points at a live iovec over `buf` (borrowed mutably
+    // for the call), at address storage and a control buffer of the
+    // lengths given; the kernel writes within them.
+    let rc = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut hdr, libc::MSG_DONTWAIT) };
+    let len = usize::try_from(rc).map_err(|_| io::Error::last_os_error())?;
+    let from = socket_addr(&name).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok(ReceivedTos {
+        len: len.min(buf.len()),
+        from,
+        tos: read_tos(&hdr),
+        truncated: hdr.msg_flags & libc::MSG_TRUNC != 0,
+    })
+}
+
+/// The TOS byte or traffic class among the control messages of `hdr`,
+/// which [`recv_with_tos`] filled.
+fn read_tos(hdr: &libc::msghdr) -> Option<u8> {
+    let int_len = u32::try_from(size_of::<libc::c_int>()).unwrap_or(u32::MAX);
+    // SAFETY: `hdr` describes a control buffer the kernel filled, of the
+    // length it set; CMSG_FIRSTHDR and CMSG_NXTHDR return headers inside
+    // it (or null), and data is read only when the header's length says
+    // the bytes are there, unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            let len = (*cmsg).cmsg_len as usize;
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_TOS) if len >= libc::CMSG_LEN(1) as usize => {
+                    return Some(data.read_unaligned());
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+                    if len >= libc::CMSG_LEN(int_len) as usize =>
+                {
+                    return u8::try_from(data.cast::<libc::c_int>().read_unaligned()).ok();
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// Sends `data` to `to` without waiting, marked with the TOS byte (IPv4)
+/// or traffic class (IPv6) `tos` when given, else as the socket marks it.
+pub(crate) fn send_with_tos(
+    socket: &impl AsRawFd,
+    data: &[u8],
+    to: SocketAddr,
+    tos: Option<u8>,
+) -> io::Result<usize> {
+    let name = SockAddr::from(to);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let mut control = Control([0; 64]);
+    // SAFETY: all-zero bytes are a valid `msghdr`.
+    let mut hdr: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    hdr.msg_name = name.as_ptr().cast_mut().cast();
+    hdr.msg_namelen = name.len();
+    hdr.msg_iov = std::ptr::from_mut(&mut iov);
+    hdr.msg_iovlen = 1;
+    if let Some(tos) = tos {
+        let (level, kind) = if to.is_ipv4() {
+            (libc::IPPROTO_IP, libc::IP_TOS)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+        };
+        write_int(&mut hdr, &mut control, level, kind, libc::c_int::from(tos));
+    }
+    // SAFETY: `hdr` points at a live iovec over `data` (which the kernel
+    // only reads), an initialized socket address and a control buffer of
+    // the lengths given.
+    let rc = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const hdr, libc::MSG_DONTWAIT) };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+}
+
+/// Puts one control message holding a `c_int` in `hdr`, backed by
+/// `control`.
+fn write_int(
+    hdr: &mut libc::msghdr,
+    control: &mut Control,
+    level: libc::c_int,
+    kind: libc::c_int,
+    value: libc::c_int,
+) {
+    let size = u32::try_from(size_of::<libc::c_int>()).unwrap_or(0);
+    hdr.msg_control = control.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(size) } as usize;
+    hdr.msg_controllen = space.min(control.0.len());
+    // SAFETY: `hdr` points at `control`, 8-aligned and at least
+    // CMSG_SPACE(size) bytes long, so the first header and its data fit
+    // inside it; the data is written unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        if cmsg.is_null() {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            return;
+        }
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size) as usize;
+        libc::CMSG_DATA(cmsg)
+            .cast::<libc::c_int>()
+            .write_unaligned(value);
+    }
+}
+
 fn socklen_of<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).unwrap_or(0)
 }
@@ -503,6 +646,51 @@ mod tests {
 
         fn buf_of(i: u8) -> Vec<u8> {
             (i * 10..i * 10 + 10 + i).collect()
+        }
+    }
+
+    #[test]
+    fn the_tos_byte_is_read_on_receive_and_set_per_send() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&receiver)
+            .set_recv_tos_v4(true)
+            .unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        for (tos, want) in [
+            (Some(46 << 2), 46 << 2),
+            (None, 0),
+            (Some(34 << 2), 34 << 2),
+        ] {
+            assert_eq!(send_with_tos(&sender, b"hello", to, tos).unwrap(), 5);
+            receiver.set_nonblocking(false).unwrap();
+            let mut peek = [0u8; 1];
+            receiver.peek_from(&mut peek).unwrap();
+            let mut buf = [0u8; 3];
+            let got = recv_with_tos(&receiver, &mut buf).unwrap();
+            assert_eq!(got.from, sender.local_addr().unwrap());
+            assert_eq!((got.len, got.truncated), (3, true));
+            assert_eq!(&buf, b"hel");
+            assert_eq!(got.tos, Some(want), "{tos:?}");
+        }
+        receiver.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            recv_with_tos(&receiver, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        if let (Ok(v6r), Ok(v6s)) = (
+            std::net::UdpSocket::bind("[::1]:0"),
+            std::net::UdpSocket::bind("[::1]:0"),
+        ) {
+            socket2::SockRef::from(&v6r)
+                .set_recv_tclass_v6(true)
+                .unwrap();
+            send_with_tos(&v6s, b"x", v6r.local_addr().unwrap(), Some(46 << 2)).unwrap();
+            let mut peek = [0u8; 1];
+            v6r.peek_from(&mut peek).unwrap();
+            let got = recv_with_tos(&v6r, &mut buf).unwrap();
+            assert_eq!((got.len, got.tos), (1, Some(46 << 2)));
         }
     }
 

@@ -14,39 +14,28 @@
 //! The profile describes the live configuration: its TURN listeners and
 //! the responder, with the thresholds of `profiles/turnpike.toml`.
 
+mod binding;
+mod books;
+mod responder;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use rand::Rng as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 use tracing::warn;
-use turnpike_probe as wire;
 use turnpike_profile::{
     About, Endpoint, Kind, LowerLimit, Probe as PublishedProbe, Profile, Published, Thresholds,
     UpperLimit,
 };
 use turnpike_turn::RelayIp;
-use turnpike_turn::ratelimit::RateLimiter;
 
-use crate::config::{Listen, ListenTransport, PortRange};
-use crate::stream::OpenConnections;
-
-/// TCP probe connections open at once, in all.
-const TCP_CONNECTIONS: usize = 256;
-/// TCP probe connections open at once from one source (an IPv4 address
-/// or an IPv6 /64).
-const TCP_CONNECTIONS_PER_SOURCE: usize = 8;
-/// How long a TCP probe connection may stay silent.
-const TCP_IDLE: Duration = Duration::from_secs(30);
-/// How long the responder waits after a failed receive or accept (a full
-/// descriptor table, say) before it tries again.
-const BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) use self::responder::Counters;
+use self::responder::{Limits, Shared};
+use crate::config::{self, Listen, ListenTransport, PortRange};
 
 /// The responder's sockets, bound, before they serve.
 #[derive(Debug)]
@@ -56,21 +45,48 @@ pub(crate) struct Bound {
     pub(crate) ports: PortRange,
     /// The TCP port, as bound (the system's pick for port 0).
     pub(crate) tcp_port: Option<u16>,
+    /// The alternate address (RFC 5780), bound on the first two ports.
+    pub(crate) alternate: Option<IpAddr>,
     udp: Vec<std::net::UdpSocket>,
     tcp: Option<std::net::TcpListener>,
 }
 
-/// Binds a UDP socket on every port of `ports` at `ip`, and the TCP
-/// listener.
-pub(crate) fn bind(ip: IpAddr, ports: PortRange, tcp_port: Option<u16>) -> anyhow::Result<Bound> {
-    let udp = (ports.first..=ports.last)
-        .map(|port| {
-            let addr = SocketAddr::new(ip, port);
-            std::net::UdpSocket::bind(addr)
-                .with_context(|| format!("cannot bind the probe responder on udp {addr}"))
+/// A UDP socket of the responder, reporting the TOS byte or traffic
+/// class of what it receives.
+fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)
+        .with_context(|| format!("cannot bind the probe responder on udp {addr}"))?;
+    let sock = socket2::SockRef::from(&socket);
+    if addr.is_ipv4() {
+        sock.set_recv_tos_v4(true)
+    } else {
+        sock.set_recv_tclass_v6(true)
+    }
+    .with_context(|| format!("cannot read DSCP marks on udp {addr}"))?;
+    Ok(socket)
+}
+
+/// Binds a UDP socket on every port of `settings.ports` at `ip` (and on
+/// the first two at the alternate address), and the TCP listener.
+pub(crate) fn bind(ip: IpAddr, settings: &config::Probe) -> anyhow::Result<Bound> {
+    let ports = settings.ports;
+    let alternate = settings
+        .alternate_address
+        .map(|alt| {
+            config::check_alternate_address(alt, Some(ip), ports)
+                .map_err(|m| anyhow::anyhow!("[probe] alternate_address: {m}"))
         })
+        .transpose()?;
+    let mut udp = (ports.first..=ports.last)
+        .map(|port| bind_udp(SocketAddr::new(ip, port)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let tcp = tcp_port
+    if let Some(alt) = alternate {
+        for port in (ports.first..=ports.last).take(2) {
+            udp.push(bind_udp(SocketAddr::new(alt, port))?);
+        }
+    }
+    let tcp = settings
+        .tcp_port
         .map(|port| {
             let addr = SocketAddr::new(ip, port);
             std::net::TcpListener::bind(addr)
@@ -86,29 +102,16 @@ pub(crate) fn bind(ip: IpAddr, ports: PortRange, tcp_port: Option<u16>) -> anyho
         ip,
         ports,
         tcp_port,
+        alternate,
         udp,
         tcp,
     })
 }
 
-/// What the responder did, for `/metrics`.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) answered: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-    pub(crate) malformed: AtomicU64,
-}
-
-impl Counters {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves `bound` on a thread of its own until `shutdown`.
 pub(crate) fn spawn(
     bound: Bound,
-    replies_per_second: u32,
+    settings: &config::Probe,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<()>> {
@@ -118,31 +121,41 @@ pub(crate) fn spawn(
     if let Some(listener) = &bound.tcp {
         listener.set_nonblocking(true)?;
     }
-    let seed = rand::rng().next_u64();
+    let mut rng = rand::rng();
+    let seed = rng.next_u64();
+    let mut key = [0u8; 32];
+    rng.fill_bytes(&mut key);
+    let limits = Limits {
+        replies_per_second: settings.replies_per_second,
+        max_kbps_per_source: settings.max_kbps_per_source,
+    };
+    let layout = binding::Layout {
+        address: bound.ip,
+        alternate: bound.alternate,
+        p1: bound.ports.first,
+        p2: (bound.ports.last > bound.ports.first).then(|| bound.ports.first.saturating_add(1)),
+    };
     crate::serve::spawn_with_runtime("probe".into(), "the probe responder", move |runtime| {
         runtime.block_on(async move {
-            let limiter = Arc::new(Mutex::new(RateLimiter::new(
-                replies_per_second,
-                replies_per_second,
-                Instant::now(),
-                seed,
-            )));
+            let mut sockets = Vec::new();
             for socket in bound.udp {
-                match tokio::net::UdpSocket::from_std(socket) {
-                    Ok(socket) => {
-                        tokio::spawn(serve_udp(
-                            socket,
-                            Arc::clone(&limiter),
-                            Arc::clone(&counters),
-                        ));
+                let addr = socket.local_addr();
+                match (addr, tokio::net::UdpSocket::from_std(socket)) {
+                    (Ok(addr), Ok(socket)) => sockets.push((addr, Arc::new(socket))),
+                    (Err(e), _) | (_, Err(e)) => {
+                        warn!(error = %e, "a probe port cannot be served");
                     }
-                    Err(e) => warn!(error = %e, "a probe port cannot be served"),
                 }
+            }
+            let count = sockets.len();
+            let shared = Arc::new(Shared::new(sockets, layout, limits, counters, seed, key));
+            for index in 0..count {
+                tokio::spawn(responder::serve_udp(Arc::clone(&shared), index));
             }
             if let Some(listener) = bound.tcp {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
-                        tokio::spawn(accept_tcp(listener, limiter, counters));
+                        tokio::spawn(responder::accept_tcp(listener, shared));
                     }
                     Err(e) => warn!(error = %e, "the probe TCP port cannot be served"),
                 }
@@ -151,131 +164,6 @@ pub(crate) fn spawn(
         });
         // Dropping the runtime ends every task and closes the sockets.
     })
-}
-
-/// Nanoseconds since the Unix epoch, now.
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn allowed(limiter: &Mutex<RateLimiter>, source: IpAddr) -> bool {
-    limiter
-        .lock()
-        .map(|mut l| l.allow(source, Instant::now()))
-        .unwrap_or(false)
-}
-
-async fn serve_udp(
-    socket: tokio::net::UdpSocket,
-    limiter: Arc<Mutex<RateLimiter>>,
-    counters: Arc<Counters>,
-) {
-    // One byte more than a message may have, to see a longer one.
-    let mut buf = [0u8; wire::MAX_LEN + 1];
-    let mut out = [0u8; wire::MAX_LEN];
-    loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(_) => {
-                tokio::time::sleep(BACKOFF).await;
-                continue;
-            }
-        };
-        let received = now_ns();
-        let Some(request) = buf.get(..len) else {
-            continue;
-        };
-        let Ok(Some(reply)) = wire::answer(request, from, received, &mut out) else {
-            Counters::add(&counters.malformed);
-            continue;
-        };
-        if !allowed(&limiter, from.ip()) {
-            Counters::add(&counters.rate_limited);
-            continue;
-        }
-        if let Some(reply) = out.get(..reply)
-            && socket.send_to(reply, from).await.is_ok()
-        {
-            Counters::add(&counters.answered);
-        }
-    }
-}
-
-async fn accept_tcp(
-    listener: tokio::net::TcpListener,
-    limiter: Arc<Mutex<RateLimiter>>,
-    counters: Arc<Counters>,
-) {
-    let open = Arc::new(OpenConnections::default());
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                tokio::time::sleep(BACKOFF).await;
-                continue;
-            }
-        };
-        // Over the caps the connection is closed at once.
-        let Ok(place) = OpenConnections::admit(
-            &open,
-            from.ip(),
-            TCP_CONNECTIONS,
-            TCP_CONNECTIONS_PER_SOURCE,
-        ) else {
-            continue;
-        };
-        let limiter = Arc::clone(&limiter);
-        let counters = Arc::clone(&counters);
-        tokio::spawn(async move {
-            let _place = place;
-            let _ = serve_tcp(stream, from, &limiter, &counters).await;
-        });
-    }
-}
-
-/// Answers length-prefixed requests until the client closes, stays
-/// silent for [`TCP_IDLE`], or announces a message longer than allowed.
-/// A malformed request goes unanswered; the next one is read as usual.
-async fn serve_tcp(
-    mut stream: tokio::net::TcpStream,
-    from: SocketAddr,
-    limiter: &Mutex<RateLimiter>,
-    counters: &Counters,
-) -> io::Result<()> {
-    let mut buf = [0u8; wire::MAX_LEN];
-    let mut out = [0u8; wire::FRAME_HEADER_LEN + wire::MAX_LEN];
-    let idle = || io::Error::from(io::ErrorKind::TimedOut);
-    loop {
-        let mut head = [0u8; wire::FRAME_HEADER_LEN];
-        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut head))
-            .await
-            .map_err(|_| idle())??;
-        let len = wire::frame_len(head).map_err(io::Error::other)?;
-        let request = buf
-            .get_mut(..len)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-        tokio::time::timeout(TCP_IDLE, stream.read_exact(request))
-            .await
-            .map_err(|_| idle())??;
-        let received = now_ns();
-        let (header, body) = out.split_at_mut(wire::FRAME_HEADER_LEN);
-        let Ok(Some(reply)) = wire::answer(request, from, received, body) else {
-            Counters::add(&counters.malformed);
-            continue;
-        };
-        if !allowed(limiter, from.ip()) {
-            Counters::add(&counters.rate_limited);
-            continue;
-        }
-        header.copy_from_slice(&wire::frame_header(reply).map_err(io::Error::other)?);
-        let frame = out
-            .get(..wire::FRAME_HEADER_LEN + reply)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-        stream.write_all(frame).await?;
-        Counters::add(&counters.answered);
-    }
 }
 
 /// Where the probe responder is, for the profile.
@@ -584,7 +472,8 @@ mod tests {
 
     #[test]
     fn the_thresholds_are_those_of_the_shipped_profile() {
-        let shipped = Profile::from_toml(include_str!("../../../profiles/turnpike.toml")).unwrap();
+        let shipped =
+            Profile::from_toml(include_str!("../../../../profiles/turnpike.toml")).unwrap();
         assert_eq!(thresholds(), shipped.thresholds);
     }
 
