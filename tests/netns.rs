@@ -18,7 +18,9 @@
 //! (`numgen random`), a token bucket (`tc tbf`) on the way up, conntrack's
 //! UDP timeouts, DSCP rewritten on the way up, and the NAT's port
 //! allocation (`masquerade` keeps the client's port; `random,fully-random`
-//! picks one per destination). On the
+//! picks one per destination). The `premise_*` tests measure each of those
+//! impairments without turnpike (`tests/netns/udp_meter.py`), so that a
+//! kernel lacking one fails there and not in the check's figures. On the
 //! firewall there may also run a TLS-inspecting proxy (`socat`) or an HTTP
 //! CONNECT proxy (`tests/netns/connect_proxy.py`). Traffic never leaves
 //! the namespaces. Needs root, `ip`, `nft`, `socat` and `python3`
@@ -47,6 +49,9 @@ const ALTERNATE: &str = "10.77.2.3";
 const MEDIA: &str = "50000-50009";
 /// The firewall's address on the client's side, where its proxy listens.
 const PROXY_IP: &str = "10.77.1.1";
+/// UDP measurements independent of turnpike, for the premises of the
+/// accuracy scenarios.
+const METER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/udp_meter.py");
 
 /// What runs on the firewall besides its rules.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -359,6 +364,43 @@ impl Net {
                 &tls,
             ],
         )
+    }
+
+    /// `tests/netns/udp_meter.py serve` on the server host, answering on
+    /// `binds` (ADDR:PORT), until the network is dropped.
+    fn meter_server(&mut self, binds: &[&str]) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.server, "python3", METER, "serve"])
+            .args(binds)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+        self.children.push(child);
+        assert_eq!(ready.trim(), "ready", "udp_meter.py did not start");
+    }
+
+    /// `tests/netns/udp_meter.py ARGS` on the client host: its answer.
+    fn meter(&self, args: &[&str], limit_s: u64) -> serde_json::Value {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.client, "python3", METER])
+            .args(args);
+        let done = run_with_limit(&mut cmd, Duration::from_secs(limit_s), |c| {
+            let _ = c.kill();
+        });
+        eprintln!("udp_meter.py {}: {}", args.join(" "), done.stdout.trim());
+        serde_json::from_str(&done.stdout).unwrap_or_else(|e| {
+            panic!(
+                "udp_meter.py {}: not JSON ({e}): {}\nstderr: {}",
+                args.join(" "),
+                done.stdout,
+                done.stderr
+            )
+        })
     }
 
     /// `turnpike check https://SERVER --json` on the client host: its exit
@@ -878,10 +920,13 @@ fn measured_udp_idle_timeout_is_conntracks_20_s() {
     assert!((16.0..=24.0).contains(&lost), "{m:#}");
 }
 
+/// DSCP rewritten to 0 (CS0) on everything from the client.
+const DSCP_ZEROED_UP: &str = "        iifname \"f0\" ip dscp set cs0";
+
 #[test]
 fn measured_dscp_zeroed_up_is_not_preserved_up_and_is_down() {
     let how = Impairment {
-        rules: "        iifname \"f0\" ip dscp set cs0".into(),
+        rules: DSCP_ZEROED_UP.into(),
         ..Impairment::default()
     };
     let Some(m) = measured(&how, 45, &QUICK) else {
@@ -918,4 +963,142 @@ fn measured_nat_mapping_of_fully_random_masquerade_is_address_and_port_dependent
         return;
     };
     assert_eq!(m["nat_mapping"], "address-and-port-dependent", "{m:#}");
+}
+
+/// The premises of the accuracy scenarios, measured without turnpike
+/// (`tests/netns/udp_meter.py`), so that a kernel without one of the
+/// impairments fails here rather than in the check's figures: a network
+/// impaired as `how` says, and the meter's server on the responder's
+/// first ports of both server addresses. `None` when skipped.
+fn premise(how: &Impairment) -> Option<Net> {
+    let mut net = match Net::new() {
+        Ok(net) => net,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    net.firewall_with("", how);
+    net.meter_server(&[
+        &format!("{SERVER}:50000"),
+        &format!("{SERVER}:50001"),
+        &format!("{ALTERNATE}:50000"),
+    ]);
+    Some(net)
+}
+
+const METER_TARGET: &str = "10.77.2.2:50000";
+
+#[test]
+fn premise_numgen_drops_5_percent_of_the_probe_one_way_only() {
+    // 4000 packets: 5 % lost has a standard deviation of 0.34 %.
+    for up in [true, false] {
+        let how = Impairment {
+            rules: lose_5_percent(up),
+            ..Impairment::default()
+        };
+        let Some(net) = premise(&how) else {
+            return;
+        };
+        let r = net.meter(&["loss", METER_TARGET, "4000", "2000"], 20);
+        let sent = r["sent"].as_f64().unwrap();
+        let at_server = r["received_up"].as_f64().unwrap();
+        let back = r["received_down"].as_f64().unwrap();
+        let (lossy, clean) = if up {
+            (1.0 - at_server / sent, 1.0 - back / at_server)
+        } else {
+            (1.0 - back / at_server, 1.0 - at_server / sent)
+        };
+        assert!((0.035..=0.065).contains(&lossy), "up {up}: {r}");
+        assert!(clean < 0.005, "up {up}: {r}");
+    }
+}
+
+#[test]
+fn premise_the_token_bucket_passes_1_mbit_up_and_leaves_down_alone() {
+    let how = Impairment {
+        upstream_qdisc: Some(TBF_1MBIT),
+        ..Impairment::default()
+    };
+    let Some(net) = premise(&how) else {
+        return;
+    };
+    // Three times the rate up: what passes is the bucket's.
+    let up = net.meter(&["rate", "up", METER_TARGET, "3000", "2"], 20);
+    let kbps = up["kbps"].as_f64().unwrap();
+    assert!((850.0..=1150.0).contains(&kbps), "{up}");
+    let down = net.meter(&["rate", "down", METER_TARGET, "5000", "2"], 20);
+    let kbps = down["kbps"].as_f64().unwrap();
+    assert!(kbps >= 4500.0, "{down}");
+    assert_eq!(down["received"], down["sent"], "{down}");
+}
+
+#[test]
+fn premise_conntrack_forgets_a_udp_flow_after_its_timeouts_in_the_firewall_only() {
+    // 5 s, not the accuracy scenario's 20, to be quick: a fresh flow's
+    // reply after 3 s of silence passes, after 7 s it does not, nor on a
+    // flow answered for 3 s before (conntrack's stream timeout).
+    let how = Impairment {
+        udp_timeout_s: Some(5),
+        ..Impairment::default()
+    };
+    let Some(net) = premise(&how) else {
+        return;
+    };
+    let r = net.meter(&["idle", METER_TARGET, "5"], 30);
+    assert_eq!(r["kept_unreplied"], true, "{r}");
+    assert_eq!(r["lost_unreplied"], false, "{r}");
+    assert_eq!(r["lost_stream"], false, "{r}");
+    // The client's namespace keeps its own.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.client, "sysctl", "-n"])
+        .arg("net.netfilter.nf_conntrack_udp_timeout")
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+}
+
+#[test]
+fn premise_dscp_set_cs0_zeroes_the_marks_up_only() {
+    let how = Impairment {
+        rules: DSCP_ZEROED_UP.into(),
+        ..Impairment::default()
+    };
+    let Some(net) = premise(&how) else {
+        return;
+    };
+    let r = net.meter(&["tos", METER_TARGET], 20);
+    assert_eq!(r["up"], serde_json::json!([0, 0]), "{r}");
+    assert_eq!(r["down"], serde_json::json!([46, 34]), "{r}");
+}
+
+#[test]
+fn premise_masquerade_keeps_one_mapping_and_fully_random_one_per_destination() {
+    let dsts = [
+        METER_TARGET,
+        &format!("{ALTERNATE}:50000"),
+        &format!("{SERVER}:50001"),
+    ];
+    let mut args = vec!["map"];
+    args.extend(dsts);
+    for (nat, distinct) in [("masquerade", 1), ("masquerade random,fully-random", 3)] {
+        let how = Impairment {
+            nat: Some(nat),
+            ..Impairment::default()
+        };
+        let Some(net) = premise(&how) else {
+            return;
+        };
+        let r = net.meter(&args, 20);
+        let mapped: std::collections::BTreeSet<&str> = r["mapped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        // A fully random port may repeat one of two others: once in
+        // ~20 000 runs.
+        assert_eq!(mapped.len(), distinct, "{nat}: {r}");
+        assert!(mapped.iter().all(|m| m.starts_with("10.77.2.1:")), "{r}");
+    }
 }
