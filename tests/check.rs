@@ -304,7 +304,6 @@ fn bad_flags_and_profiles_are_usage_errors() {
 /// under its stable name, with sane values on loopback, and a `quality:`
 /// check for each; `--no-measure` leaves them out.
 #[test]
-#[ignore = "needs the v2 responder (cookies, sessions, tallies, trains, DSCP): run once it is in"]
 fn a_turnpike_server_with_a_probe_responder_is_measured() {
     let (server, _config) = server_with_probe();
     let url = format!("https://{}", server.addr_for(Via::Tls { alpn: false }));

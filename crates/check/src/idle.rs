@@ -27,7 +27,7 @@ use crate::net::{Failure, Step};
 
 /// What the idle-timeout search found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct IdleReport {
+pub(crate) struct IdleReport {
     /// The longest silence (seconds) after which a reply still came.
     pub longest_kept_s: Option<f64>,
     /// The shortest silence (seconds) after which no reply came.

@@ -6,10 +6,10 @@
 
 mod client;
 pub mod fetch;
-pub mod idle;
+mod idle;
 mod measure;
-pub mod mtu;
-pub mod nat;
+mod mtu;
+mod nat;
 mod net;
 mod probe;
 mod remedy;

@@ -22,7 +22,7 @@ use crate::net::{Failure, Step};
 
 /// What the path MTU search found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MtuReport {
+pub(crate) struct MtuReport {
     /// The largest IP packet that reached the responder with DF set (the
     /// largest payload answered + 28 for IPv4, + 48 for IPv6); `None`
     /// when no size was answered.

@@ -25,7 +25,7 @@ use crate::net::{Failure, Step};
 
 /// What NAT behaviour discovery found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NatReport {
+pub(crate) struct NatReport {
     /// How the NAT maps: `Some(None)` when there is no NAT (the mapped
     /// address is the local one); `None` when it could not be told.
     pub mapping: Option<NatBehaviour>,
@@ -45,7 +45,7 @@ pub struct NatReport {
 /// them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum NatBehaviour {
+pub(crate) enum NatBehaviour {
     /// No NAT (mapping), or no filtering where there is no NAT.
     None,
     EndpointIndependent,
