@@ -387,56 +387,32 @@ pub(crate) fn send_many(socket: &impl AsRawFd, buf: &[u8], msgs: &[Outgoing]) ->
 /// Puts the source address of a datagram in `hdr`'s control data, backed
 /// by `control`.
 fn write_source(hdr: &mut libc::msghdr, control: &mut Control, from: IpAddr) {
-    let (level, kind, size) = match from {
-        IpAddr::V4(_) => (
+    match from {
+        IpAddr::V4(ip) => write_cmsg(
+            hdr,
+            control,
             libc::IPPROTO_IP,
             libc::IP_PKTINFO,
-            size_of::<libc::in_pktinfo>(),
+            libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            },
         ),
-        IpAddr::V6(_) => (
+        IpAddr::V6(ip) => write_cmsg(
+            hdr,
+            control,
             libc::IPPROTO_IPV6,
             libc::IPV6_PKTINFO,
-            size_of::<libc::in6_pktinfo>(),
+            libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            },
         ),
-    };
-    let size = u32::try_from(size).unwrap_or(0);
-    hdr.msg_control = control.0.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a length.
-    let space = unsafe { libc::CMSG_SPACE(size) } as usize;
-    hdr.msg_controllen = space.min(control.0.len());
-    // SAFETY: `hdr` points at `control`, 8-aligned and at least
-    // CMSG_SPACE(size) bytes long, so the first header and its data fit
-    // inside it; the data is written unaligned.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-        if cmsg.is_null() {
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
-            return;
-        }
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = kind;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size) as usize;
-        let data = libc::CMSG_DATA(cmsg);
-        match from {
-            IpAddr::V4(ip) => data
-                .cast::<libc::in_pktinfo>()
-                .write_unaligned(libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(ip.octets()),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                }),
-            IpAddr::V6(ip) => data
-                .cast::<libc::in6_pktinfo>()
-                .write_unaligned(libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: ip.octets(),
-                    },
-                    ipi6_ifindex: 0,
-                }),
-        }
     }
 }
 
@@ -541,7 +517,7 @@ pub(crate) fn send_with_tos(
         } else {
             (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
         };
-        write_int(&mut hdr, &mut control, level, kind, libc::c_int::from(tos));
+        write_cmsg(&mut hdr, &mut control, level, kind, libc::c_int::from(tos));
     }
     // SAFETY: `hdr` points at a live iovec over `data` (which the kernel
     // only reads), an initialized socket address and a control buffer of
@@ -550,23 +526,28 @@ pub(crate) fn send_with_tos(
     usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }
 
-/// Puts one control message holding a `c_int` in `hdr`, backed by
-/// `control`.
-fn write_int(
+/// Puts one control message holding `value` (a plain C struct or
+/// integer) in `hdr`, backed by `control`; none if it does not fit.
+fn write_cmsg<T: Copy>(
     hdr: &mut libc::msghdr,
     control: &mut Control,
     level: libc::c_int,
     kind: libc::c_int,
-    value: libc::c_int,
+    value: T,
 ) {
-    let size = u32::try_from(size_of::<libc::c_int>()).unwrap_or(0);
+    let size = u32::try_from(size_of::<T>()).unwrap_or(u32::MAX);
     hdr.msg_control = control.0.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE only computes a length.
     let space = unsafe { libc::CMSG_SPACE(size) } as usize;
-    hdr.msg_controllen = space.min(control.0.len());
+    if space > control.0.len() {
+        hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_controllen = 0;
+        return;
+    }
+    hdr.msg_controllen = space;
     // SAFETY: `hdr` points at `control`, 8-aligned and at least
-    // CMSG_SPACE(size) bytes long, so the first header and its data fit
-    // inside it; the data is written unaligned.
+    // CMSG_SPACE(size) bytes long (checked above), so the first header
+    // and its data fit inside it; the data is written unaligned.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(hdr);
         if cmsg.is_null() {
@@ -577,9 +558,7 @@ fn write_int(
         (*cmsg).cmsg_level = level;
         (*cmsg).cmsg_type = kind;
         (*cmsg).cmsg_len = libc::CMSG_LEN(size) as usize;
-        libc::CMSG_DATA(cmsg)
-            .cast::<libc::c_int>()
-            .write_unaligned(value);
+        libc::CMSG_DATA(cmsg).cast::<T>().write_unaligned(value);
     }
 }
 
