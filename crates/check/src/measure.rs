@@ -439,6 +439,23 @@ async fn paced(
     sent
 }
 
+/// [`paced`], then a wait for the stragglers, then a tally: how many
+/// requests went out, and how many the responder counted.
+async fn send_and_tally(
+    s: &mut Session<'_>,
+    n: u32,
+    pps: f64,
+    deadline: Instant,
+    got: &mut Vec<Got>,
+    make: impl FnMut(u32) -> (Request, usize, Option<u8>),
+) -> (u32, Option<u32>) {
+    let sent = paced(s, n, pps, deadline, got, make).await;
+    let tail = tail_wait(got);
+    drain(s, (Instant::now() + tail).min(deadline), got, sent as usize).await;
+    let counted = s.tally(tail, deadline, got).await;
+    (sent, counted)
+}
+
 /// What arrives until `until`, or until `expected` replies have.
 async fn drain(s: &mut Session<'_>, until: Instant, got: &mut Vec<Got>, expected: usize) {
     while got.len() < expected {
@@ -587,19 +604,10 @@ pub(crate) async fn stream(p: &Prober, shape: Shape, seconds: f64, deadline: Ins
     let mut got = Vec::new();
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let n = (shape.pps * seconds).round().max(1.0) as u32;
-    let sent = paced(&mut s, n, shape.pps, deadline, &mut got, |i| {
+    let (sent, counted) = send_and_tally(&mut s, n, shape.pps, deadline, &mut got, |i| {
         (Request::new(Kind::Echo, i, 0), shape.len, None)
     })
     .await;
-    let tail = tail_wait(&got);
-    drain(
-        &mut s,
-        (Instant::now() + tail).min(deadline),
-        &mut got,
-        sent as usize,
-    )
-    .await;
-    let counted = s.tally(tail, deadline, &mut got).await;
     let (figures, rtts) = figures(sent, counted, &got);
     StreamRun {
         stream: report::Stream {
@@ -858,19 +866,10 @@ async fn step_up(
     let pps = pps_of(rate, bytes);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let n = (pps * STEP.as_secs_f64()).ceil().max(2.0) as u32;
-    let sent = paced(&mut s, n, pps, deadline, &mut got, |i| {
+    let (sent, counted) = send_and_tally(&mut s, n, pps, deadline, &mut got, |i| {
         (Request::new(Kind::Stamp, i, 0), VIDEO_LEN, None)
     })
     .await;
-    let tail = tail_wait(&got);
-    drain(
-        &mut s,
-        (Instant::now() + tail).min(deadline),
-        &mut got,
-        sent as usize,
-    )
-    .await;
-    let counted = s.tally(tail, deadline, &mut got).await;
     let replies: Vec<&Got> = got.iter().filter(|g| g.reply.sequence < sent).collect();
     let mut times: Vec<u64> = replies.iter().map(|g| g.reply.received_ns).collect();
     times.dedup();

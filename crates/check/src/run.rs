@@ -348,14 +348,8 @@ fn probe_peer(
     plan: &Plan,
     resolved: &HashMap<String, Result<Vec<std::net::IpAddr>, String>>,
 ) -> Option<SocketAddr> {
-    let target = plan.probe.as_ref().filter(|p| p.relay_to_it)?;
-    let e = plan
-        .profile
-        .endpoints
-        .iter()
-        .find(|e| e.id == target.udp_endpoint)?;
-    let ip = *resolved.get(&e.host)?.as_ref().ok()?.first()?;
-    Some(SocketAddr::new(ip, e.port_range()?.lo()))
+    plan.probe.as_ref().filter(|p| p.relay_to_it)?;
+    responder(plan, resolved).map(|(at, _)| at)
 }
 
 /// `<kind>:<endpoint id>`.
