@@ -619,3 +619,36 @@ fn html_escapes() {
     assert_eq!(h.matches("<tr class=").count(), r.checks.len());
     std::fs::write(scratch("render-report.html"), &h).unwrap();
 }
+
+#[test]
+fn the_measurements_figures_are_grouped_as_quality() {
+    let mut r = report(Verdict::Ready);
+    r.checks.push(check(
+        "quality:rtt",
+        "Round-trip time",
+        None,
+        Status::Pass,
+        json!(12.5),
+        Some("ms"),
+        Some("< 150 ms"),
+        Some("median 12.5 ms over 300 round trips"),
+        None,
+        5000.0,
+    ));
+    let t = render::text(&r, false);
+    let heading = t.lines().position(|l| l == "quality").expect(&t);
+    assert!(
+        t.lines()
+            .nth(heading + 1)
+            .unwrap()
+            .contains("Round-trip time"),
+        "{t}"
+    );
+    let x = render::junit(&r);
+    assert!(
+        x.contains(r#"classname="turnpike.check.quality" name="quality:rtt: Round-trip time""#),
+        "{x}"
+    );
+    // Other checks without an endpoint stay general.
+    assert!(x.contains(r#"classname="turnpike.check.general" name="clock: System clock""#));
+}

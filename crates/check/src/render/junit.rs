@@ -76,8 +76,7 @@ fn write_junit(out: &mut String, report: &Report) -> fmt::Result {
 fn write_case(out: &mut String, c: &Check) -> fmt::Result {
     let classname = format!(
         "turnpike.check.{}",
-        c.endpoint
-            .as_deref()
+        super::group(c)
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .unwrap_or("general")

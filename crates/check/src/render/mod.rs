@@ -20,6 +20,14 @@ pub use text::{progress_line, text};
 
 use crate::report::{Check, Report, Status, Verdict};
 
+/// The group a check is shown in: its endpoint, or "quality" for the
+/// measurements' figures; `None` for the rest (DNS and the like).
+fn group(c: &Check) -> Option<&str> {
+    c.endpoint
+        .as_deref()
+        .or_else(|| c.id.starts_with("quality:").then_some("quality"))
+}
+
 /// The verdict as a word, capitalised: "Ready".
 const fn verdict_word(verdict: Verdict) -> &'static str {
     match verdict {

@@ -131,7 +131,7 @@ fn write_text(out: &mut String, report: &Report, p: Paint) -> fmt::Result {
     // Groups by endpoint, in the order each first appears.
     let mut groups: Vec<Option<&str>> = Vec::new();
     for c in &report.checks {
-        let key = c.endpoint.as_deref();
+        let key = super::group(c);
         if !groups.contains(&key) {
             groups.push(key);
         }
@@ -143,11 +143,7 @@ fn write_text(out: &mut String, report: &Report, p: Paint) -> fmt::Result {
             let name = clean(group.unwrap_or("general"));
             writeln!(out, "{}", p.paint(BOLD, &name))?;
         }
-        for c in report
-            .checks
-            .iter()
-            .filter(|c| c.endpoint.as_deref() == *group)
-        {
+        for c in report.checks.iter().filter(|c| super::group(c) == *group) {
             write_check(out, c, p, title_w, measure_w)?;
         }
     }
