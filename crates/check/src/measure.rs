@@ -1268,7 +1268,7 @@ pub(crate) fn quality_checks(
             && let (Some(s), Some(need)) = (m.udp_idle_timeout_s, &t.udp_idle_timeout_s)
         {
             c.remediation = Some(format!(
-                "media on a path that goes quiet for {s:.0} s is cut (a muted call, a paused video): raise the UDP idle timeout of the NAT or firewall on this network (the UDP session / conntrack timeout) to at least {} s",
+                "media on a path that goes quiet for more than {s:.0} s is cut (a muted call, a paused video, one side on hold): raise the UDP idle timeout of the NAT or firewall on this network (the UDP session / conntrack timeout) to at least {} s",
                 need.min
             ));
         }
