@@ -18,7 +18,9 @@
 //! (`numgen random`), a token bucket (`tc tbf`) on the way up, conntrack's
 //! UDP timeouts, DSCP rewritten on the way up, and the NAT's port
 //! allocation (`masquerade` keeps the client's port; `random,fully-random`
-//! picks one per destination). The `premise_*` tests measure each of those
+//! picks one per destination), and a delay added each way to the probe's
+//! first port by a process (`tests/netns/delay_proxy.py`; the kernel need
+//! not have `sch_netem`). The `premise_*` tests measure each of those
 //! impairments without turnpike (`tests/netns/udp_meter.py`), so that a
 //! kernel lacking one fails there and not in the check's figures. On the
 //! firewall there may also run a TLS-inspecting proxy (`socat`) or an HTTP
@@ -52,6 +54,10 @@ const PROXY_IP: &str = "10.77.1.1";
 /// UDP measurements independent of turnpike, for the premises of the
 /// accuracy scenarios.
 const METER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/udp_meter.py");
+/// The responder's first port: the one the check measures against.
+const RESPONDER_PORT: u16 = 50000;
+/// Where the firewall's delaying middlebox listens.
+const DELAY_PROXY_PORT: u16 = 9000;
 
 /// What runs on the firewall besides its rules.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -174,7 +180,7 @@ impl Net {
     /// to the firewall's address, and `forward` (nftables statements, one
     /// per line) filters what the client sends on; replies to what passed
     /// always come back.
-    fn firewall(&self, forward: &str) {
+    fn firewall(&mut self, forward: &str) {
         self.firewall_with(forward, &Impairment::default());
     }
 
@@ -182,9 +188,10 @@ impl Net {
     /// `how`: its `rules` run in a chain of their own on the forward hook
     /// before the filter (so they see every packet, not only those of new
     /// connections), its qdisc goes on the way up (the firewall's
-    /// server-side interface), and its UDP timeout becomes both of
-    /// conntrack's in the firewall's namespace.
-    fn firewall_with(&self, forward: &str, how: &Impairment) {
+    /// server-side interface), its UDP timeout becomes both of
+    /// conntrack's in the firewall's namespace, and its delay is
+    /// [`Net::delay_proxy`]'s.
+    fn firewall_with(&mut self, forward: &str, how: &Impairment) {
         let nat = how.nat.unwrap_or("masquerade");
         let impair = &how.rules;
         let ruleset = format!(
@@ -253,6 +260,9 @@ impl Net {
                 let set = format!("{name}={secs}");
                 run(&["ip", "netns", "exec", &self.firewall, "sysctl", "-qw", &set]).unwrap();
             }
+        }
+        if let Some(ms) = how.delay_ms {
+            self.delay_proxy(ms);
         }
     }
 
@@ -323,19 +333,61 @@ impl Net {
     /// that tunnels to port 443 only (`tests/netns/connect_proxy.py`).
     fn connect_proxy(&mut self) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/connect_proxy.py");
+        let fw = self.firewall.clone();
+        self.start_python(&fw, &[script, PROXY_IP, "3128"], "listening");
+    }
+
+    /// A delaying middlebox on the firewall (`tests/netns/delay_proxy.py`):
+    /// UDP from the client to the responder's first port, where the check
+    /// measures, is redirected to it; it sends each datagram on after
+    /// `ms` and each reply back after `ms` again, from a socket of its own
+    /// for each client address. conntrack undoes the redirect on the way
+    /// back: the client sees its replies come from the responder.
+    fn delay_proxy(&mut self, ms: u32) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/delay_proxy.py");
+        let (port, target) = (DELAY_PROXY_PORT.to_string(), RESPONDER_PORT.to_string());
+        let ms = ms.to_string();
+        let fw = self.firewall.clone();
+        self.start_python(
+            &fw,
+            &[script, PROXY_IP, &port, SERVER, &target, &ms],
+            "listening",
+        );
+        let nat = format!(
+            "table ip turnpike_delay {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname \"f0\" ip daddr {SERVER} udp dport {RESPONDER_PORT} redirect to :{DELAY_PROXY_PORT}
+    }}
+}}
+"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.firewall, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin.take().unwrap().write_all(nat.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success());
+    }
+
+    /// `python3 ARGS` in the namespace `ns`, kept until the network is
+    /// dropped, once it has printed `ready` (its first line) to say it
+    /// serves.
+    fn start_python(&mut self, ns: &str, args: &[&str], ready: &str) {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.firewall, "python3", script])
-            .args([PROXY_IP, "3128"])
+            .args(["netns", "exec", ns, "python3"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut ready = String::new();
+        let mut line = String::new();
         let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
         self.children.push(child);
-        assert_eq!(ready.trim(), "listening", "the proxy did not start");
+        assert_eq!(line.trim(), ready, "{} did not start", args[0]);
     }
 
     /// `turnpike serve` on the server host: UDP and TCP on 3478, TLS and
@@ -369,19 +421,10 @@ impl Net {
     /// `tests/netns/udp_meter.py serve` on the server host, answering on
     /// `binds` (ADDR:PORT), until the network is dropped.
     fn meter_server(&mut self, binds: &[&str]) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.server, "python3", METER, "serve"])
-            .args(binds)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
-        self.children.push(child);
-        assert_eq!(ready.trim(), "ready", "udp_meter.py did not start");
+        let mut args = vec![METER, "serve"];
+        args.extend(binds);
+        let server = self.server.clone();
+        self.start_python(&server, &args, "ready");
     }
 
     /// `tests/netns/udp_meter.py ARGS` on the client host: its answer.
@@ -467,6 +510,9 @@ struct Impairment {
     upstream_qdisc: Option<&'static str>,
     /// conntrack's UDP timeouts on the firewall, in seconds.
     udp_timeout_s: Option<u32>,
+    /// Milliseconds added each way to UDP to the responder's first port
+    /// ([`Net::delay_proxy`]).
+    delay_ms: Option<u32>,
 }
 
 impl Drop for Net {
@@ -543,7 +589,7 @@ fn measure_config() -> ConfigFile {
 /// UDP against the responder (every impairment here is on that path).
 /// `None` when the namespaces cannot be made here (the test is skipped).
 fn measured(how: &Impairment, timeout_s: u32, flags: &[&str]) -> Option<serde_json::Value> {
-    let net = match Net::new() {
+    let mut net = match Net::new() {
         Ok(net) => net,
         Err(why) => {
             skip(&why);
@@ -1003,6 +1049,43 @@ fn measured_nat_mapping_of_fully_random_masquerade_is_address_and_port_dependent
         return;
     };
     assert_eq!(m["nat_mapping"], "address-and-port-dependent", "{m:#}");
+}
+
+/// The delaying middlebox's delay each way: 20 ms, 40 ms a round trip.
+const DELAY_MS: u32 = 20;
+
+#[test]
+fn measured_rtt_is_the_40_ms_a_delaying_middlebox_adds() {
+    // The round trip is the 40 ms the middlebox adds plus the path's own:
+    // 0.3-0.5 ms across these namespaces undelayed (the check's median
+    // without the middlebox: 0.39), and about half a millisecond more for
+    // the middlebox's own reads, wakeups and sends (median 40.9 with it).
+    // 40 ± 10 % is 36-44 ms: those 1 ms are well inside it, and 30 ms
+    // each way (a median of 60.9) far outside. Only the RTT is asserted:
+    // the other measurements to this port (DSCP, NAT, MTU) see the
+    // middlebox's own sockets and marks, not the client's.
+    let how = Impairment {
+        delay_ms: Some(DELAY_MS),
+        ..Impairment::default()
+    };
+    let Some(m) = measured(&how, 45, &QUICK) else {
+        return;
+    };
+    assert_eq!(
+        m["target"],
+        format!("{SERVER}:{RESPONDER_PORT}"),
+        "not measured through the middlebox: {m:#}"
+    );
+    let rtt = &m["rtt_ms"];
+    let median = num(rtt, &["median"]);
+    assert!(
+        (36.0..=44.0).contains(&median),
+        "RTT median {median} ms, not 40 ± 10 %: {m:#}"
+    );
+    let p95 = num(rtt, &["p95"]);
+    assert!(p95 >= median, "{m:#}");
+    let samples = num(rtt, &["samples"]);
+    assert!(samples >= 100.0, "{samples} round trips: {m:#}");
 }
 
 /// The premises of the accuracy scenarios, measured without turnpike
