@@ -246,6 +246,10 @@ def profile_seeds():
             "bad-threshold": head
             + endpoint
             + b'ports = "5"\n[thresholds]\nloss_pct = { max = 150, source = "" }\nrtt_ms = { min = nan }\n',
+            "measure": head
+            + endpoint
+            + b'ports = "5"\n[thresholds]\nudp_idle_timeout_s = { min = 5, source = "z" }\n[measure]\nudp_idle_timeout = true\n',
+            "bad-measure": head + endpoint + b'ports = "5"\n[measure]\nudp_idle_timeout = 1\nudp_idle_timout = true\n',
             "bad-syntax": head + b"[[endpoint]\nport = 44 3\n",
             "bad-types": head + b'[[endpoint]]\nid = 1\nport = "443"\nrequired = "yes"\n',
         }

@@ -2,8 +2,9 @@
 //!
 //! A profile is a TOML file (documented key by key in `profiles/README.md`)
 //! naming the endpoints a service reaches (host, port or port range, how),
-//! which of them stand in for which when blocked, and the limits on RTT,
-//! jitter, loss, bandwidth and UDP idle timeout, each with its source.
+//! which of them stand in for which when blocked, the limits on RTT,
+//! jitter, loss, bandwidth and UDP idle timeout, each with its source, and
+//! which optional measurements a check runs by default (`[measure]`).
 //! `turnpike check --profile FILE` tests a network against one;
 //! `turnpike serve` describes itself as one at `GET /api/v1/profile`.
 //!
@@ -17,6 +18,7 @@ mod assess;
 mod endpoint;
 mod error;
 mod host;
+mod measure;
 mod parse;
 mod ports;
 mod published;
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use assess::{Assessment, EndpointReach, Reach, Verdict};
 pub use endpoint::{Endpoint, Kind};
 pub use error::{EndpointRef, ProfileError};
+pub use measure::Measure;
 pub use ports::{PortRange, PortRangeError};
 pub use published::{CheckCredentials, Probe, Published};
 pub use thresholds::{Bound, LowerLimit, Thresholds, UpperLimit};
@@ -41,7 +44,8 @@ pub const MAX_ENDPOINTS: usize = 256;
 pub const MAX_BYTES: usize = 64 * 1024;
 
 /// A requirement profile. The fields map one to one onto the file:
-/// `[profile]`, `[[endpoint]]`, `[thresholds]`; JSON has the same shape.
+/// `[profile]`, `[[endpoint]]`, `[thresholds]`, `[measure]`; JSON has the
+/// same shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -52,6 +56,10 @@ pub struct Profile {
     pub endpoints: Vec<Endpoint>,
     #[serde(default, skip_serializing_if = "Thresholds::is_empty")]
     pub thresholds: Thresholds,
+    /// Left out when nothing is asked, so that profiles without the
+    /// table read and write as before.
+    #[serde(default, skip_serializing_if = "Measure::is_default")]
+    pub measure: Measure,
 }
 
 /// The `[profile]` table: which service, and on whose word.
@@ -173,6 +181,53 @@ rtt_ms = { max = 150, source = "a guide" }
         let p = Profile::from_toml(SMALL).unwrap();
         let text = p.to_toml().unwrap();
         assert_eq!(Profile::from_toml(&text), Ok(p), "{text}");
+    }
+
+    #[test]
+    fn measure_is_off_and_left_out_by_default() {
+        let p = Profile::from_toml(SMALL).unwrap();
+        assert_eq!(p.measure, Measure::default());
+        assert!(!p.measure.udp_idle_timeout);
+        // Profiles that do not ask write as before.
+        assert!(!p.to_toml().unwrap().contains("measure"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(json.get("measure").is_none(), "{json}");
+        // Asking for nothing is the same as leaving the table out.
+        let off = Profile::from_toml(&format!("{SMALL}\n[measure]\nudp_idle_timeout = false\n"));
+        assert_eq!(off, Ok(p.clone()));
+        let empty = Profile::from_toml(&format!("{SMALL}\n[measure]\n"));
+        assert_eq!(empty, Ok(p));
+    }
+
+    #[test]
+    fn measure_reads_validates_and_round_trips() {
+        let text = format!("{SMALL}\n[measure]\nudp_idle_timeout = true\n");
+        let p = Profile::from_toml(&text).unwrap();
+        assert!(p.measure.udp_idle_timeout);
+        assert_eq!(p.validate(), Ok(()));
+        let toml = p.to_toml().unwrap();
+        assert!(
+            toml.contains("[measure]\nudp_idle_timeout = true"),
+            "{toml}"
+        );
+        assert_eq!(Profile::from_toml(&toml), Ok(p.clone()), "{toml}");
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json["measure"],
+            serde_json::json!({"udp_idle_timeout": true})
+        );
+        assert_eq!(serde_json::from_value::<Profile>(json.clone()).unwrap(), p);
+        // JSON is as strict as TOML.
+        let mut bad = json;
+        bad["measure"]["udp_idle_timout"] = true.into();
+        let e = serde_json::from_value::<Profile>(bad).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `udp_idle_timout`"),
+            "{e}"
+        );
+        // First in the file, too: tables come in any order.
+        let first = format!("[measure]\nudp_idle_timeout = true\n{SMALL}");
+        assert_eq!(Profile::from_toml(&first), Ok(p));
     }
 
     #[test]

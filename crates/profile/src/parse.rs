@@ -13,7 +13,9 @@ use toml::de::{DeTable, DeValue};
 
 use crate::error::{EndpointRef, Lines, ProfileError, did_you_mean};
 use crate::thresholds::Bound;
-use crate::{About, Endpoint, Kind, MAX_BYTES, MAX_ENDPOINTS, PortRange, Profile, Thresholds};
+use crate::{
+    About, Endpoint, Kind, MAX_BYTES, MAX_ENDPOINTS, Measure, PortRange, Profile, Thresholds,
+};
 use crate::{host, validate};
 
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -34,7 +36,7 @@ pub(crate) const ENDPOINT_KEYS: [&str; 10] = [
     "source",
 ];
 const PROFILE_KEYS: [&str; 3] = ["name", "description", "source"];
-const TOP_KEYS: [&str; 3] = ["profile", "endpoint", "thresholds"];
+const TOP_KEYS: [&str; 4] = ["profile", "endpoint", "thresholds", "measure"];
 
 /// The lines keys were found on, for errors found after the walk.
 #[derive(Debug, Default)]
@@ -167,12 +169,14 @@ impl Walker<'_> {
         let mut about = None;
         let mut endpoints = None;
         let mut thresholds = Thresholds::default();
+        let mut measure = Measure::default();
         for entry in self.entries(doc, &TOP_KEYS, top, "tables") {
             let (key, value) = entry?;
             match key {
                 "profile" => about = Some(self.about(value)?),
                 "endpoint" => endpoints = Some(self.endpoints(value)?),
-                _ => thresholds = self.thresholds(value)?,
+                "thresholds" => thresholds = self.thresholds(value)?,
+                _ => measure = self.measure(value)?,
             }
         }
         let about = about.ok_or_else(|| {
@@ -195,6 +199,7 @@ impl Walker<'_> {
             about,
             endpoints,
             thresholds,
+            measure,
         })
     }
 
@@ -476,6 +481,22 @@ impl Walker<'_> {
             thresholds.set(name, bound, figure, source);
         }
         Ok(thresholds)
+    }
+
+    /// The `[measure]` table: switches, each true or false.
+    fn measure(&self, value: &Value<'_>) -> Result<Measure, ProfileError> {
+        let at = At {
+            endpoint: None,
+            prefix: "measure.",
+        };
+        let table = self.table(value, At { prefix: "", ..at }, "measure")?;
+        let mut measure = Measure::default();
+        for entry in self.entries(table, &Measure::KEYS, at, "keys") {
+            let (key, v) = entry?;
+            // One key so far: `udp_idle_timeout`.
+            measure.udp_idle_timeout = self.boolean(v, at, key)?;
+        }
+        Ok(measure)
     }
 
     /// A threshold's keys; `min` where `max` belongs (or the reverse) gets

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use turnpike_profile::{Kind, Profile, Thresholds, Verdict};
+use turnpike_profile::{Kind, Measure, Profile, Thresholds, Verdict};
 
 fn profiles_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../profiles")
@@ -175,6 +175,13 @@ fn readme_documents_every_key_and_kind() {
         assert!(
             readme.contains(&format!("`{name}`")),
             "README lacks threshold `{name}`"
+        );
+    }
+    assert!(readme.contains("`[measure]`"), "README lacks [measure]");
+    for key in Measure::KEYS {
+        assert!(
+            readme.contains(&format!("`{key}`")),
+            "README lacks measure key `{key}`"
         );
     }
     for (file, _) in examples() {

@@ -383,6 +383,7 @@ pub(crate) fn published(d: &Described<'_>) -> Published {
             },
             endpoints,
             thresholds: thresholds(),
+            measure: turnpike_profile::Measure::default(),
         },
         probe,
         credentials: None,
