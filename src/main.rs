@@ -298,9 +298,14 @@ struct CheckArgs {
     max_kbps: u32,
     /// Also search for the UDP idle timeout of the NAT or firewall, up to
     /// MAX_S seconds of silence (5-600, default 180); the check may then
-    /// take MAX_S + 15 s longer.
+    /// take MAX_S + 15 s longer. A profile may ask for the search
+    /// ([measure] udp_idle_timeout, up to its udp_idle_timeout_s minimum);
+    /// MAX_S given here replaces its maximum.
     #[arg(long, value_name = "MAX_S", num_args = 0..=1, default_missing_value = "180")]
     udp_timeout: Option<f64>,
+    /// Skip the UDP idle-timeout search even when the profile asks for it.
+    #[arg(long, conflicts_with = "udp_timeout")]
+    no_udp_timeout: bool,
 }
 
 fn main() -> ExitCode {
@@ -351,10 +356,8 @@ fn check(args: &CheckArgs) -> ExitCode {
         Some(_) => return usage("--udp-timeout must be between 5 and 600 seconds"),
     };
     // The idle-timeout search takes up to its longest silence, and more.
-    let budget = budget
-        + udp_timeout.map_or(std::time::Duration::ZERO, |max| {
-            max + std::time::Duration::from_secs(15)
-        });
+    let search_time = |max: std::time::Duration| max + std::time::Duration::from_secs(15);
+    let budget = budget + udp_timeout.map_or(std::time::Duration::ZERO, search_time);
     let measure = (!args.no_measure).then_some(turnpike_check::MeasureOptions {
         stream_seconds: args.stream_seconds,
         video_kbps: args.video_kbps,
@@ -372,7 +375,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     let credentials = args.user.clone().zip(args.password.clone());
     let proxy = turnpike_check::Proxy::from_env();
     let started = std::time::Instant::now();
-    let plan = match (&args.profile, &args.url) {
+    let mut plan = match (&args.profile, &args.url) {
         (Some(path), _) => match turnpike_profile::Profile::load(path) {
             Ok(profile) => Plan {
                 profile,
@@ -447,6 +450,16 @@ fn check(args: &CheckArgs) -> ExitCode {
         }
         (None, None) => return usage("give a server URL or --profile FILE"),
     };
+    // The profile may ask for the idle-timeout search; it is known only
+    // now (a server's is fetched), so its time is added to what is left.
+    if args.udp_timeout.is_none()
+        && !args.no_udp_timeout
+        && let Some(max) = turnpike_check::run::profile_udp_timeout(&plan.profile)
+        && let Some(m) = plan.measure.as_mut()
+    {
+        m.udp_timeout = Some(max);
+        plan.budget += search_time(max);
+    }
 
     let progress = std::io::stderr().is_terminal() && !args.json;
     let report = runtime.block_on(async {

@@ -403,3 +403,87 @@ fn a_turnpike_server_with_a_probe_responder_is_measured() {
             .all(|c| !c["id"].as_str().unwrap().starts_with("quality:"))
     );
 }
+
+/// Serves `body` as `GET /api/v1/profile` (any request, in fact) on a
+/// plain-HTTP loopback port, for as long as the test runs: a server
+/// whose published profile says what the test needs.
+fn serve_profile(body: String) -> SocketAddr {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            // The request head, then the answer.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// A profile with `[measure] udp_idle_timeout = true` has the UDP
+/// idle-timeout search run without `--udp-timeout`, up to its
+/// `udp_idle_timeout_s` threshold (5 s here), within a time budget grown
+/// to fit it; `--no-udp-timeout` declines. The profile is the server's
+/// own, as it publishes it, with the table and the threshold added and
+/// served from another port: the probe responder, which the search
+/// needs, is measured only for a published profile.
+#[test]
+fn a_profile_that_asks_gets_the_udp_idle_timeout_search() {
+    let (server, _config) = server_with_probe();
+    let (status, body) = http_get(server.http_addr().unwrap(), "/api/v1/profile");
+    assert_eq!(status, 200, "{body}");
+    let mut published: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(published["profile"].get("measure").is_none(), "{body}");
+    published["profile"]["measure"] = serde_json::json!({ "udp_idle_timeout": true });
+    published["profile"]["thresholds"]["udp_idle_timeout_s"] =
+        serde_json::json!({ "min": 5, "source": "a test" });
+    let url = format!("http://{}", serve_profile(published.to_string()));
+    let quick = ["--json", "--stream-seconds", "1", "--max-kbps", "2000"];
+
+    // A budget of 5 s is too short for the search (5 s of silence after a
+    // 2.5 s warm-up) on top of the rest, unless it grows as for the flag.
+    let started = std::time::Instant::now();
+    let (code, out, err) = check(&[&[url.as_str(), "--timeout", "5"][..], &quick].concat());
+    let took = started.elapsed();
+    let r = report(&out);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let m = &r["measurements"];
+    assert_eq!(m["path"], "udp-direct", "{m:#}");
+    // Loopback forgets nothing: every silence, up to the threshold's 5 s,
+    // was outlived.
+    assert_eq!(m["udp_idle_timeout_s"].as_f64(), Some(5.0), "{m:#}");
+    assert_eq!(m["udp_idle_timeout"]["max_s"].as_f64(), Some(5.0), "{m:#}");
+    assert_eq!(m["udp_idle_timeout"]["at_least"], true, "{m:#}");
+    let c = check_of(&r, "quality:udp-idle-timeout");
+    assert_eq!(c["status"], "pass", "{c:#}");
+    assert!(took < Duration::from_secs(32), "took {took:?}");
+
+    // Declined: no search, and no figure.
+    let (code, out, err) = check(&[&[url.as_str(), "--no-udp-timeout"][..], &quick].concat());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let r = report(&out);
+    assert!(r["measurements"]["path"].is_string(), "{r:#}");
+    assert!(r["measurements"]["udp_idle_timeout_s"].is_null(), "{r:#}");
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != "quality:udp-idle-timeout"),
+        "{r:#}"
+    );
+    // The two flags together are a usage error.
+    let (code, _, err) = check(&[url.as_str(), "--udp-timeout", "--no-udp-timeout"]);
+    assert_eq!(code, Some(3), "{err}");
+}

@@ -189,6 +189,32 @@ pub async fn run(plan: Plan, progress: Option<mpsc::UnboundedSender<Progress>>) 
     }
 }
 
+/// The UDP idle-timeout search's longest silence when no threshold names
+/// one, and the search's bounds (the responder delays a reply 600 s at
+/// most).
+const UDP_TIMEOUT_S: f64 = 180.0;
+const UDP_TIMEOUT_RANGE_S: (f64, f64) = (5.0, 600.0);
+
+/// The UDP idle-timeout search the profile asks for (`[measure]
+/// udp_idle_timeout`), as its longest silence: the `udp_idle_timeout_s`
+/// threshold's `min`, so that the search can show the network reaches it,
+/// else 180 s; within 5 to 600 s. `None` when it does not ask. The
+/// `--udp-timeout` and `--no-udp-timeout` flags override it.
+#[must_use]
+pub fn profile_udp_timeout(profile: &Profile) -> Option<Duration> {
+    if !profile.measure.udp_idle_timeout {
+        return None;
+    }
+    let (lo, hi) = UDP_TIMEOUT_RANGE_S;
+    let max = profile
+        .thresholds
+        .udp_idle_timeout_s
+        .as_ref()
+        .map_or(UDP_TIMEOUT_S, |l| l.min)
+        .clamp(lo, hi);
+    Some(Duration::from_secs_f64(max))
+}
+
 /// The probe responder's first UDP port on its first address.
 fn responder(
     plan: &Plan,
@@ -910,6 +936,39 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_profile_asks_for_the_idle_timeout_search_up_to_its_threshold() {
+        let base = "[profile]\nname = \"x\"\nsource = \"y\"\n\n[[endpoint]]\nid = \"media\"\nkind = \"udp-range\"\nhost = \"192.0.2.1\"\nports = \"5000-5009\"\n";
+        let asks = "\n[measure]\nudp_idle_timeout = true\n";
+        let threshold = |min: &str| {
+            format!("\n[thresholds]\nudp_idle_timeout_s = {{ min = {min}, source = \"z\" }}\n")
+        };
+        let max = |text: String| {
+            let p = Profile::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            profile_udp_timeout(&p).map(|d| d.as_secs_f64())
+        };
+        // Not asked: no search, whatever the threshold.
+        assert_eq!(max(base.to_owned()), None);
+        assert_eq!(max(format!("{base}{}", threshold("120"))), None);
+        assert_eq!(
+            max(format!("{base}\n[measure]\nudp_idle_timeout = false\n")),
+            None
+        );
+        // Asked: up to the threshold's min, else 180 s.
+        assert_eq!(max(format!("{base}{asks}")), Some(180.0));
+        assert_eq!(
+            max(format!("{base}{asks}{}", threshold("120"))),
+            Some(120.0)
+        );
+        assert_eq!(max(format!("{base}{asks}{}", threshold("7.5"))), Some(7.5));
+        // Within what the search can do.
+        assert_eq!(max(format!("{base}{asks}{}", threshold("0"))), Some(5.0));
+        assert_eq!(
+            max(format!("{base}{asks}{}", threshold("3600"))),
+            Some(600.0)
+        );
+    }
 
     #[test]
     fn rfc3339_dates() {
