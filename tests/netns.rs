@@ -689,7 +689,7 @@ fn everything_open_is_ready() {
 
 #[test]
 fn all_udp_blocked_is_degraded_and_names_udp_3478_and_the_media_range() {
-    let Some((code, r)) = scenario("        meta l4proto udp drop", Middlebox::Nothing, 8) else {
+    let Some((code, r)) = scenario("        meta l4proto udp drop", Middlebox::Nothing, 20) else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -710,12 +710,14 @@ fn all_udp_blocked_is_degraded_and_names_udp_3478_and_the_media_range() {
     let summary = r["summary"].as_str().unwrap();
     assert!(summary.contains("turn-udp through"), "{summary}");
     assert!(summary.contains("media through"), "{summary}");
+    // Measured through the first TURN transport that relays.
+    assert_measured_through(&r, "turn-tcp");
 }
 
 #[test]
 fn only_tcp_443_open_is_degraded_and_names_every_closed_port() {
     let rules = "        tcp dport 443 accept\n        drop";
-    let Some((code, r)) = scenario(rules, Middlebox::Nothing, 8) else {
+    let Some((code, r)) = scenario(rules, Middlebox::Nothing, 20) else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -735,12 +737,13 @@ fn only_tcp_443_open_is_degraded_and_names_every_closed_port() {
         remediation(&r, "udp-range:media"),
         format!("allow outbound UDP to {SERVER} ports {MEDIA}, and the replies")
     );
+    assert_measured_through(&r, "turn-tls");
 }
 
 #[test]
 fn udp_3478_open_but_the_media_range_closed_is_degraded_and_names_the_range() {
     let rules = format!("        udp dport {MEDIA} drop");
-    let Some((code, r)) = scenario(&rules, Middlebox::Nothing, 8) else {
+    let Some((code, r)) = scenario(&rules, Middlebox::Nothing, 20) else {
         return;
     };
     assert_eq!(code, Some(1), "{r:#}");
@@ -756,6 +759,22 @@ fn udp_3478_open_but_the_media_range_closed_is_degraded_and_names_the_range() {
     );
     let summary = r["summary"].as_str().unwrap();
     assert!(summary.contains("media through turn-udp"), "{summary}");
+    assert_measured_through(&r, "turn-udp");
+}
+
+/// The report measured the path through `path` (a TURN transport, the
+/// media range being closed): round trips, and loss each way, counted.
+fn assert_measured_through(r: &serde_json::Value, path: &str) {
+    let m = &r["measurements"];
+    assert_eq!(m["path"], path, "{m:#}");
+    assert!(num(m, &["rtt_ms", "samples"]) >= 100.0, "{m:#}");
+    for way in ["up", "down"] {
+        assert!(num(m, &["loss_pct", way]) < 1.0, "{m:#}");
+    }
+    assert!(
+        check_of(r, "quality:rtt")["endpoint"].is_null(),
+        "figures do not change the verdict"
+    );
 }
 
 #[test]
