@@ -1196,41 +1196,57 @@ fn validated_sources_have_a_byte_budget_and_trains_are_capped() {
     );
     stop_cleanly(server);
 
-    // Eight trains at once; a ninth waits its turn; a new train from the
-    // same source replaces that source's running one.
+    // Two trains at once to one IP; eight in all; a new train from the
+    // same source address replaces that source's running one.
     let (server, _config, port, _) = v2_server(1, "");
     let slow = turnpike_probe::Train {
         packets: 50,
         interval_us: 1_000_000,
         len: 68,
     };
-    let clients: Vec<UdpSocket> = (0..9).map(|_| udp_client("127.0.0.1")).collect();
-    let cookie = cookie_for(&clients[0], port);
-    for (i, c) in clients.iter().enumerate() {
-        let seq = u32::try_from(i).unwrap();
+    // Starts a train to `c` (with its IP's cookie); whether it came.
+    let start = |c: &UdpSocket, seq: u32| {
+        let cookie = cookie_for(c, port);
         send_request(c, &v2_request(Kind::Train(slow), seq, 0, cookie), 68, port);
-        if i < 8 {
-            // The first packet of each comes at once.
-            let mut first = false;
-            while !first {
-                first = recv_reply(c).kind == ReplyKind::Train;
-            }
-        }
+    };
+    let first_packet = |c: &UdpSocket| {
+        // The first packet of each comes at once, after the stamp ack.
+        while recv_reply(c).kind != ReplyKind::Train {}
+    };
+    let counted = |want: u64| {
+        server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
+            outcome(m, "train") + outcome(m, "too_many_trains") == want
+        })
+    };
+    // One host, three ports: the third is refused.
+    let same_ip: Vec<UdpSocket> = (0..3).map(|_| udp_client("127.0.0.20")).collect();
+    for (seq, c) in (0..).zip(&same_ip[..2]) {
+        start(c, seq);
+        first_packet(c);
     }
-    send_request(
-        &clients[0],
-        &v2_request(Kind::Train(slow), 100, 0, cookie),
-        68,
-        port,
-    );
-    let metrics = server.metrics_when(Instant::now() + Duration::from_secs(10), |m| {
-        outcome(m, "train") + outcome(m, "too_many_trains") == 10
-    });
+    start(&same_ip[2], 2);
+    let metrics = counted(3);
+    assert_eq!(outcome(&metrics, "too_many_trains"), 1, "two per IP");
+    // Six more hosts fill the eight places; a ninth host is refused.
+    let hosts: Vec<UdpSocket> = (1..=7)
+        .map(|i| udp_client(&format!("127.0.0.{i}")))
+        .collect();
+    for (seq, c) in (10..).zip(&hosts[..6]) {
+        start(c, seq);
+        first_packet(c);
+    }
+    start(&hosts[6], 99);
+    let metrics = counted(10);
+    assert_eq!(outcome(&metrics, "train"), 8, "eight in all");
+    assert_eq!(outcome(&metrics, "too_many_trains"), 2);
+    // A new train from a source with one running replaces it.
+    start(&same_ip[0], 100);
+    let metrics = counted(11);
     assert_eq!(outcome(&metrics, "train"), 9, "eight, and one replaced");
-    assert_eq!(outcome(&metrics, "too_many_trains"), 1);
+    assert_eq!(outcome(&metrics, "too_many_trains"), 2);
     // The replacement starts afresh: its packet 0 comes.
     loop {
-        let r = recv_reply(&clients[0]);
+        let r = recv_reply(&same_ip[0]);
         if r.kind == ReplyKind::Train && r.sequence == 0 {
             break;
         }

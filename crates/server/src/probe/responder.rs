@@ -37,6 +37,9 @@ const BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) const MAX_LATER_MS: u32 = 600_000;
 /// Trains running at once, in all.
 pub(crate) const MAX_TRAINS: usize = 8;
+/// Trains running at once to one source IP (from different ports): one
+/// host cannot take every place.
+pub(crate) const MAX_TRAINS_PER_IP: usize = 2;
 /// The most bytes one train may carry.
 pub(crate) const MAX_TRAIN_BYTES: u64 = 8_000_000;
 /// The longest a train may last: it holds one of [`MAX_TRAINS`] places.
@@ -535,7 +538,9 @@ async fn start_train(
         if let Some((_, running)) = books.trains.remove(&to) {
             // A new train from the same source replaces the running one.
             running.abort();
-        } else if books.trains.len() >= MAX_TRAINS {
+        } else if books.trains.len() >= MAX_TRAINS
+            || books.trains.keys().filter(|a| a.ip() == to.ip()).count() >= MAX_TRAINS_PER_IP
+        {
             drop(books);
             shared.counters.add(Outcome::TooManyTrains);
             return;
