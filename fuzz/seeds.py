@@ -257,6 +257,39 @@ def profile_seeds():
     return seeds
 
 
+def probe_seeds():
+    """Probe requests and replies (the turnpike-probe wire format, version
+    2) and STUN Binding requests as the responder's ports see them, each
+    after the five bytes the target's other fields take (IPv4, a source
+    port, the socket that received it, an alternate address)."""
+    head = bytes([0, 0x30, 0x39, 0, 1])
+
+    def request(kind, flags=0, dscp=0xFF, args=b"", length=100):
+        fixed = struct.pack("!4sBBBBIQQQ", b"TPKP", 2, kind, flags, dscp, 7, 11, 13, 17)
+        body = fixed + args.ljust(12, b"\0")
+        return body.ljust(length, b"\0")
+
+    def reply(kind, length):
+        fixed = struct.pack("!4sBBBBIQQHHQIQ", b"TPKP", 2, 0x80 | kind, 46, 4, 7, 11, 19, 100, 5000, 13, 3, 17)
+        return (fixed + bytes([198, 51, 100, 7])).ljust(length, b"\0")
+
+    tid = lambda n: bytes([n]) + b"\xcd" * 11  # noqa: E731
+    change = lambda flags: attr(0x0003, struct.pack("!I", flags))  # noqa: E731
+    seeds = {
+        "echo": request(1),
+        "stamp-tally": request(2, flags=1, dscp=46),
+        "later": request(3, args=struct.pack("!I", 20000)),
+        "train": request(4, args=struct.pack("!IIH", 100, 9600, 1200)),
+        "echo-reply": reply(1, 100),
+        "stamp-reply": reply(2, 56),
+        "train-packet": reply(4, 1200),
+        "binding": message(BINDING, REQUEST, tid(1), [], fingerprint=True),
+        "binding-change-ip-port": message(BINDING, REQUEST, tid(2), [change(6)]),
+        "binding-change-port": message(BINDING, REQUEST, tid(3), [change(2)], fingerprint=True),
+    }
+    return {k: head + v for k, v in seeds.items()}
+
+
 def write(target, seeds):
     d = os.path.join(OUT, target)
     shutil.rmtree(d, ignore_errors=True)
@@ -280,6 +313,7 @@ def main():
     write("turn_server", {**stun, **cd})
     write("config", config_seeds())
     write("profile", profile_seeds())
+    write("probe", probe_seeds())
 
 
 if __name__ == "__main__":

@@ -33,4 +33,12 @@ mod tcp_relay;
 pub mod tls;
 
 pub use config::{Config, ConfigError, Overrides};
+
+/// What the fuzz targets (`fuzz/`, built with `--cfg fuzzing`) reach of
+/// the server's private parts.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::probe::fuzzing::binding_answer;
+}
 pub use serve::{Running, start};

@@ -18,6 +18,37 @@ mod binding;
 mod books;
 mod responder;
 
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing {
+    use std::net::{IpAddr, SocketAddr};
+
+    /// STUN on the responder's UDP ports: the answer to `bytes` from
+    /// `from`, received on `local`, with the RFC 5780 sockets at
+    /// (`address`, `alternate`) × (`p1`, `p2`): where it is sent from
+    /// and its bytes in `out`; `None` for no answer.
+    pub fn binding_answer(
+        bytes: &[u8],
+        from: SocketAddr,
+        local: SocketAddr,
+        address: IpAddr,
+        alternate: Option<IpAddr>,
+        p1: u16,
+        p2: Option<u16>,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let layout = super::binding::Layout {
+            address,
+            alternate,
+            p1,
+            p2,
+        };
+        match super::binding::answer(bytes, from, local, &layout, out) {
+            Ok(super::binding::Answer::Send { from, len }) => Some((from, len)),
+            _ => None,
+        }
+    }
+}
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
