@@ -35,14 +35,7 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// A UDP socket connected to `server`.
     pub(crate) async fn udp(server: SocketAddr) -> Result<Self, Failure> {
-        let local: SocketAddr = if server.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local)
-            .await
-            .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
+        let socket = crate::net::udp_socket_for(server.ip()).await?;
         socket
             .connect(server)
             .await

@@ -13,7 +13,7 @@
 //! to the longest asked, so the whole search takes about that longest
 //! interval plus the warm-up and a grace for the reply to travel.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -226,14 +226,9 @@ async fn one(
     deadline: Instant,
     shared: &AtomicU64,
 ) -> Outcome {
-    let local: SocketAddr = if target.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = match UdpSocket::bind(local).await {
+    let socket = match crate::net::udp_socket_for(target.ip()).await {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(f) => return Outcome::Failed(f.detail),
     };
     if let Err(e) = socket.connect(target).await {
         return Outcome::Failed(format!("{target}: {e}"));

@@ -11,7 +11,7 @@
 //! to any of its tries (a router dropped it without saying: a PMTU black
 //! hole, or plain loss).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -198,14 +198,7 @@ async fn search(
     let ipv6 = target.is_ipv6();
     let family = if ipv6 { V6 } else { V4 };
     let needed = MEDIA_PAYLOAD + TURN_FRAMING + UDP_HEADER + family.ip_header;
-    let local: SocketAddr = if ipv6 {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
+    let socket = crate::net::udp_socket_for(target.ip()).await?;
     socket
         .connect(target)
         .await

@@ -11,7 +11,7 @@
 //! honours CHANGE-REQUEST only then. Without an alternate address only
 //! "is there a NAT" and hairpinning can be told.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use rand::RngExt as _;
 use serde::Serialize;
@@ -216,12 +216,7 @@ async fn bind(ip: IpAddr) -> Result<UdpSocket, Failure> {
 /// The local address the kernel sends from towards `to`: the sockets are
 /// bound to it so that "no NAT" is a plain comparison.
 async fn local_ip_towards(to: SocketAddr) -> Result<IpAddr, Failure> {
-    let any: IpAddr = if to.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    let probe = bind(any).await?;
+    let probe = crate::net::udp_socket_for(to.ip()).await?;
     probe
         .connect(to)
         .await
@@ -496,6 +491,7 @@ async fn hairpinning(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::sync::Arc;
 
     use super::*;

@@ -70,6 +70,26 @@ pub(crate) async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, St
 
 /// A TCP connection to the first of `addrs` that answers before the
 /// deadline; each gets an equal share of the time left.
+/// The wildcard address of `peer`'s family, port 0: where a socket that
+/// talks to `peer` binds.
+pub(crate) fn wildcard_for(peer: std::net::IpAddr) -> SocketAddr {
+    let any: std::net::IpAddr = if peer.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(any, 0)
+}
+
+/// A UDP socket on an ephemeral port of [`wildcard_for`] `peer`.
+pub(crate) async fn udp_socket_for(
+    peer: std::net::IpAddr,
+) -> Result<tokio::net::UdpSocket, Failure> {
+    tokio::net::UdpSocket::bind(wildcard_for(peer))
+        .await
+        .map_err(|e| Failure::new(Step::Connect, format!("cannot open a UDP socket: {e}")))
+}
+
 pub(crate) async fn connect(
     addrs: &[SocketAddr],
     deadline: Instant,

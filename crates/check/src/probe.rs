@@ -3,9 +3,8 @@
 //! trip to it through a TURN relay (what check credentials may relay to).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use tokio::net::UdpSocket;
 use tokio::time::{Duration, Instant};
 use turnpike_probe::{self as wire, Kind, Request};
 use turnpike_profile::PortRange;
@@ -75,13 +74,7 @@ pub(crate) async fn udp_range(
     ports: &[u16],
     deadline: Instant,
 ) -> Result<RangeResult, Failure> {
-    let any = match ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
-    let socket = UdpSocket::bind((any, 0))
-        .await
-        .map_err(|e| Failure::new(Step::Connect, format!("cannot open a UDP socket: {e}")))?;
+    let socket = crate::net::udp_socket_for(ip).await?;
     let started = Instant::now();
     let mut result = RangeResult {
         sampled: ports.to_vec(),
@@ -212,6 +205,10 @@ pub(crate) async fn relayed_round_trip(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use tokio::net::UdpSocket;
+
     use super::*;
 
     fn range(a: u16, b: u16) -> PortRange {

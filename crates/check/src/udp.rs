@@ -6,7 +6,7 @@
 //! the control messages are parsed by nix's safe interface.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -59,12 +59,7 @@ impl Udp {
     /// A socket on an ephemeral port of the unspecified address of
     /// `peer`'s family.
     pub(crate) fn for_peer(peer: SocketAddr) -> io::Result<Self> {
-        let local: SocketAddr = if peer.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        Self::bind(local)
+        Self::bind(crate::net::wildcard_for(peer.ip()))
     }
 
     /// Sends go to `peer` alone, and only its datagrams arrive.
