@@ -51,27 +51,22 @@ impl Cookies {
         }
         mac.update(&epoch.to_be_bytes());
         let out = mac.finalize().into_bytes();
-        let mut first = [0u8; 8];
-        for (to, from) in first.iter_mut().zip(out.iter()) {
-            *to = *from;
-        }
-        u64::from_be_bytes(first)
+        out.first_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b))
     }
 
-    /// The cookie for `ip` at `unix_s` (seconds since the Unix epoch).
-    pub(crate) fn issue(&self, ip: IpAddr, unix_s: u64) -> u64 {
-        self.at(ip, unix_s / EPOCH_SECONDS)
-    }
-
-    /// Whether `cookie` is one this responder gave `ip` this minute or the
-    /// one before. 0 (no cookie) never is.
-    pub(crate) fn valid(&self, ip: IpAddr, cookie: u64, unix_s: u64) -> bool {
+    /// The cookie for `ip` at `unix_s` (seconds since the Unix epoch), to
+    /// give it, and whether `cookie` is one this responder gave `ip` this
+    /// minute or the one before (0, no cookie, never is). One keyed hash
+    /// when the request brings this minute's cookie, two at most.
+    pub(crate) fn check(&self, ip: IpAddr, cookie: u64, unix_s: u64) -> (u64, bool) {
         let epoch = unix_s / EPOCH_SECONDS;
-        cookie != 0
-            && (cookie == self.at(ip, epoch)
+        let current = self.at(ip, epoch);
+        let valid = cookie != 0
+            && (cookie == current
                 || epoch
                     .checked_sub(1)
-                    .is_some_and(|previous| cookie == self.at(ip, previous)))
+                    .is_some_and(|previous| cookie == self.at(ip, previous)));
+        (current, valid)
     }
 }
 
@@ -245,6 +240,16 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    impl Cookies {
+        fn issue(&self, ip: IpAddr, unix_s: u64) -> u64 {
+            self.check(ip, 0, unix_s).0
+        }
+
+        fn valid(&self, ip: IpAddr, cookie: u64, unix_s: u64) -> bool {
+            self.check(ip, cookie, unix_s).1
+        }
     }
 
     #[test]

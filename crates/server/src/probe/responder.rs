@@ -387,7 +387,7 @@ fn accept(
     let len = u16::try_from(bytes.len()).map_err(|_| Outcome::Malformed)?;
     let unix_s = received_ns / 1_000_000_000;
     let ip = from.ip();
-    let validated = shared.cookies.valid(ip, request.cookie, unix_s);
+    let (cookie, validated) = shared.cookies.check(ip, request.cookie, unix_s);
     match request.kind {
         wire::Kind::Later { .. } | wire::Kind::Train(_) if over_tcp => {
             return Err(Outcome::NotOverTcp);
@@ -414,7 +414,7 @@ fn accept(
     let mut reply = wire::Reply::to(&request, len, from, received_ns);
     reply.dscp = dscp;
     reply.counted = counted;
-    reply.cookie = shared.cookies.issue(ip, unix_s);
+    reply.cookie = cookie;
     Ok(Accepted {
         request,
         reply,
