@@ -286,7 +286,7 @@ struct CheckArgs {
     /// (RTT, jitter, loss, bandwidth, DSCP, NAT, path MTU).
     #[arg(long)]
     no_measure: bool,
-    /// Seconds the audio-like and video-like streams run.
+    /// Seconds the audio-like and video-like streams run (0.5-60).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     stream_seconds: f64,
     /// The video-like stream's rate in kbit/s (1200-byte packets); by
