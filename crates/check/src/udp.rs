@@ -67,11 +67,6 @@ impl Udp {
         self.socket.connect(peer).await
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
-
     /// Marks what is sent from now on with `dscp` (0-63; ECN bits 0), or
     /// with none (0). Nothing is done when the mark is already that one.
     pub(crate) fn set_dscp(&self, dscp: Option<u8>) -> io::Result<()> {
@@ -93,12 +88,6 @@ impl Udp {
     /// Sends `bytes` on a connected socket.
     pub(crate) async fn send(&self, bytes: &[u8]) -> io::Result<usize> {
         self.socket.send(bytes).await
-    }
-
-    /// Sends `bytes` to `to`.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.socket.send_to(bytes, to).await
     }
 
     /// The next datagram, into `buf`, with its DSCP when known.
@@ -170,6 +159,18 @@ fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
         from,
         dscp: None,
     })
+}
+
+/// What only the tests use.
+#[cfg(test)]
+impl Udp {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub(crate) async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.socket.send_to(bytes, to).await
+    }
 }
 
 #[cfg(test)]
